@@ -1,0 +1,92 @@
+"""The ``fleet`` command: a thin layer over typed configs. The composition root, with fleet/orchestrator.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleet.config import FleetConfig
+from fleet.redis_server import redis_for
+from fleet.replay import ReplayStore
+
+app = typer.Typer(help="molmofleet: a robot fleet on one MolmoAct2 policy that improves from its own data.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="fleet YAML config")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set replay.capacity_mb=512")]
+
+
+def load_config(config: Path | None, overrides: list[str] | None) -> FleetConfig:
+    return FleetConfig.load(config, overrides)
+
+
+@app.command()
+def config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the effective configuration (defaults + YAML + overrides)."""
+    console.print(load_config(config, set_).dump_yaml())
+
+
+@app.command()
+def store(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Show replay-store statistics."""
+    cfg = load_config(config, set_)
+    with redis_for(cfg.redis, cfg.path("redis")) as (client, _):
+        st = ReplayStore(client, cfg.replay, decode_workers=0).stats()
+    console.print_json(st.model_dump_json())
+
+
+@app.command()
+def services(config: ConfigOpt = None, set_: SetOpt = None,
+             seconds: Annotated[float, typer.Option(help="how long to keep them up (0: until Ctrl-C)")] = 0) -> None:
+    """Start the embedded services (Redis with AOF) and report what is running."""
+    cfg = load_config(config, set_)
+    with redis_for(cfg.redis, cfg.path("redis")) as (client, server):
+        st = ReplayStore(client, cfg.replay, decode_workers=0).stats()
+        t = Table(title="molmofleet services")
+        t.add_column("service")
+        t.add_column("where")
+        t.add_column("state")
+        where = server.url if server else cfg.redis.url
+        t.add_row("redis (replay store)", str(where), f"up, {st.stored.episodes} episodes")
+        console.print(t)
+        _wait(seconds)
+
+
+def _wait(seconds: float) -> None:
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
+    try:
+        while not stop["flag"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def demo(
+    minutes: Annotated[float, typer.Option(help="how long the demo fleet runs")] = 6.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the summary here")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None,
+) -> None:
+    """A small simulated mixed fleet that improves its own policy while you watch."""
+    cfg = load_config(config, set_)
+    with redis_for(cfg.redis, cfg.path("redis")) as (client, server):
+        st = ReplayStore(client, cfg.replay, decode_workers=0).stats()
+        console.print(f"[bold]molmofleet demo[/]: redis at {server.url if server else cfg.redis.url} "
+                      f"({st.stored.episodes} episodes stored)")
+        summary = {"redis": server.url if server else cfg.redis.url, "episodes": st.stored.episodes}
+        if json_path:
+            json_path.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app()

