@@ -1,0 +1,159 @@
+"""Staged rollout: a new version runs on a canary cohort per embodiment, its success rate is compared with the
+champion's over the same period, and it is promoted fleet-wide or rolled back. Every decision is recorded on the
+status board (and, through ``on_alias``, as MLflow registry aliases).
+
+Tests, both configurable:
+- ``beta_binomial``: Beta(1 + s, 1 + f) posteriors; P(p_canary >= p_champion - margin) by seeded Monte Carlo;
+  promote when it reaches ``promote_probability``, roll back when it falls to ``1 - promote_probability``.
+- ``one_sided_z``: z = (p_canary - p_champion + margin) / se; roll back when z < -z_alpha, else promote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import norm
+
+from fleet.config import RolloutConfig
+from fleet.replay import ReplayStore
+from fleet.status import RolloutDecision, RolloutState, StatusBoard, VersionEvent
+
+
+def prob_not_worse(s_c: int, n_c: int, s_h: int, n_h: int, margin: float, draws: int = 40_000) -> float:
+    """P(p_canary >= p_champion - margin) under uniform-prior Beta posteriors."""
+    rng = np.random.default_rng(12345)  # fixed: the same counts always give the same decision
+    pc = rng.beta(1 + s_c, 1 + n_c - s_c, draws)
+    ph = rng.beta(1 + s_h, 1 + n_h - s_h, draws)
+    return float(np.mean(pc >= ph - margin))
+
+
+def z_not_worse(s_c: int, n_c: int, s_h: int, n_h: int, margin: float) -> float:
+    pc, ph = (s_c + 0.5) / (n_c + 1), (s_h + 0.5) / (n_h + 1)
+    se = np.sqrt(pc * (1 - pc) / (n_c + 1) + ph * (1 - ph) / (n_h + 1))
+    return float((pc - ph + margin) / se)
+
+
+class RolloutController:
+    def __init__(self, store: ReplayStore, board: StatusBoard, cfg: RolloutConfig | None = None,
+                 on_alias: Callable[[int, str], None] | None = None):
+        self.store = store
+        self.board = board
+        self.cfg = cfg or RolloutConfig()
+        self.on_alias = on_alias or (lambda version, alias: None)
+
+    @property
+    def state(self) -> RolloutState:
+        return self.board.rollout_state()
+
+    def start_canary(self, version: int, robots: dict[str, list[str]]) -> RolloutState:
+        """Put ``version`` on a canary cohort: ``canary_fraction`` of each embodiment's robots (at least one)."""
+        st = self.state
+        cohort = []
+        for ids in robots.values():
+            cohort += sorted(ids)[: max(1, round(len(ids) * self.cfg.canary_fraction))]
+        if st.canary is not None and st.canary != version:
+            self.board.version_event(VersionEvent(version=st.canary, kind="rolled_back", detail=f"superseded by {version}"))
+        st = RolloutState(champion=st.champion, canary=version, canary_robots=cohort,
+                          canary_embodiments=sorted(robots), canary_since=time.time())
+        self.board.set_rollout_state(st)
+        self.board.version_event(VersionEvent(version=version, kind="canary", detail=",".join(cohort)))
+        self.on_alias(version, "canary")
+        return st
+
+    def _counts(self, st: RolloutState) -> dict[str, dict[str, list[int]]]:
+        """embodiment -> {"canary": [successes, episodes], "champion": [...]} since the canary started."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for row in self.store.outcome_buckets(since=st.canary_since - self.store.cfg.stats_bucket_s):
+            role = "canary" if row["version"] == st.canary else "champion" if row["version"] == st.champion else None
+            if role is None:
+                continue
+            c = out.setdefault(str(row["embodiment"]), {"canary": [0, 0], "champion": [0, 0]})[role]
+            c[0] += int(row["successes"])
+            c[1] += int(row["episodes"])
+        # an embodiment whose robots are all in the cohort has no champion episodes in the period: compare with
+        # the champion's whole record on that embodiment instead
+        record: dict[str, list[int]] = {}
+        for row in self.store.outcome_totals():
+            if row["version"] == st.champion:
+                r = record.setdefault(str(row["embodiment"]), [0, 0])
+                r[0] += int(row["successes"])
+                r[1] += int(row["episodes"])
+        for emb, c in out.items():
+            if c["champion"][1] < self.cfg.min_canary_episodes and emb in record:
+                c["champion"] = record[emb]
+        return out
+
+    def evaluate(self) -> list[RolloutDecision]:
+        """Decide per embodiment where enough canary episodes exist; act fleet-wide when all have decided."""
+        st = self.state
+        if st.canary is None:
+            return []
+        decisions = []
+        for emb, c in sorted(self._counts(st).items()):
+            (s_c, n_c), (s_h, n_h) = c["canary"], c["champion"]
+            if n_c < self.cfg.min_canary_episodes or emb in st.verdicts:
+                continue
+            if self.cfg.test == "beta_binomial":
+                stat = prob_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
+                decision = ("promote" if stat >= self.cfg.promote_probability
+                            else "rollback" if stat <= 1 - self.cfg.promote_probability
+                            else "wait")
+            else:
+                stat = z_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
+                decision = "rollback" if stat < -norm.ppf(1 - self.cfg.alpha) else "promote"
+            if decision == "wait" and n_c >= 4 * self.cfg.min_canary_episodes:
+                decision = "promote" if stat >= 0.5 else "rollback"  # enough evidence either way: don't stall
+            d = RolloutDecision(version=st.canary, champion=st.champion, embodiment=emb, decision=decision,
+                                canary_episodes=n_c, canary_successes=s_c, champion_episodes=n_h,
+                                champion_successes=s_h, statistic=stat, test=self.cfg.test)
+            self.board.rollout_decision(d)
+            decisions.append(d)
+            if decision != "wait":
+                st.verdicts[emb] = decision
+        if any(v == "rollback" for v in st.verdicts.values()):
+            return [*decisions, self._finish(st, promote=False)]
+        if st.verdicts and set(st.verdicts) >= set(st.canary_embodiments):
+            return [*decisions, self._finish(st, promote=True)]
+        self.board.set_rollout_state(st)
+        return decisions
+
+    def _finish(self, st: RolloutState, promote: bool) -> RolloutDecision:
+        version = st.canary
+        assert version is not None
+        verdicts = ",".join(f"{k}:{v}" for k, v in sorted(st.verdicts.items()))
+        new = RolloutState(champion=version if promote else st.champion)
+        self.board.set_rollout_state(new)
+        self.board.version_event(VersionEvent(version=version, kind="promoted" if promote else "rolled_back",
+                                              detail=verdicts))
+        if promote:
+            self.on_alias(version, "champion")
+        return RolloutDecision(version=version, champion=new.champion, embodiment="*",
+                               decision="promote" if promote else "rollback", canary_episodes=0,
+                               canary_successes=0, champion_episodes=0, champion_successes=0, statistic=0.0,
+                               test="fleet")
+
+    def promote(self, version: int | None = None) -> RolloutState:
+        """Manual promotion (``fleet rollout promote``): the canary, or any published version."""
+        st = self.state
+        v = version if version is not None else st.canary
+        if v is None:
+            raise ValueError("no canary to promote; name a version")
+        st = RolloutState(champion=v)
+        self.board.set_rollout_state(st)
+        self.board.version_event(VersionEvent(version=v, kind="promoted", detail="manual"))
+        self.on_alias(v, "champion")
+        return st
+
+    def rollback(self, to_version: int | None = None) -> RolloutState:
+        """Manual rollback: drop the canary, or set the champion back to ``to_version``."""
+        st = self.state
+        if st.canary is not None:
+            self.board.version_event(VersionEvent(version=st.canary, kind="rolled_back", detail="manual"))
+        st = RolloutState(champion=st.champion if to_version is None else to_version)
+        self.board.set_rollout_state(st)
+        if to_version is not None:
+            self.board.version_event(VersionEvent(version=to_version, kind="promoted", detail="manual rollback"))
+            self.on_alias(to_version, "champion")
+        return st

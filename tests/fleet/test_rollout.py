@@ -1,0 +1,82 @@
+"""Rollout gate: promotes a canary that is not worse, rolls back one that is, records every decision."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.config import RolloutConfig
+from fleet.replay import ReplayStore
+from fleet.rollout import RolloutController, prob_not_worse
+from fleet.status import StatusBoard
+from tests.factories import synthetic_episode
+
+ROBOTS = {"franka": ["franka-01", "franka-02", "franka-03"], "so101": ["so101-01", "so101-02"]}
+
+
+def _feed(store: ReplayStore, version: int, emb: str, robot: str, successes: int, failures: int, seed: int) -> None:
+    now = time.time()
+    for i in range(successes + failures):
+        store.append(synthetic_episode(emb, steps=4, size=4, seed=seed + i, success=i < successes,
+                                       version=version, robot=robot, end_time=now))
+
+
+def test_beta_binomial_statistic() -> None:
+    assert prob_not_worse(18, 20, 10, 20, 0.0) > 0.95
+    assert prob_not_worse(2, 20, 15, 20, 0.05) < 0.01
+
+
+@pytest.mark.parametrize("test", ["beta_binomial", "one_sided_z"])
+def test_better_canary_is_promoted(store: ReplayStore, redis_server, test: str) -> None:
+    board = StatusBoard(redis_server.client())
+    aliases: list[tuple[int, str]] = []
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=10, test=test),
+                            on_alias=lambda v, a: aliases.append((v, a)))
+    st = ctl.start_canary(2, ROBOTS)
+    assert st.canary_robots == ["franka-01", "so101-01"]
+    assert st.target_version("franka-01") == 2 and st.target_version("franka-02") == 0
+    _feed(store, 2, "franka", "franka-01", 10, 0, 0)
+    _feed(store, 0, "franka", "franka-02", 4, 8, 100)
+    assert [d.decision for d in ctl.evaluate()] == ["promote"]  # so101 has not decided yet
+    assert ctl.state.canary == 2
+    _feed(store, 2, "so101", "so101-01", 10, 1, 200)
+    _feed(store, 0, "so101", "so101-02", 5, 6, 300)
+    final = ctl.evaluate()[-1]
+    assert final.decision == "promote" and ctl.state.champion == 2 and ctl.state.canary is None
+    assert (2, "canary") in aliases and (2, "champion") in aliases
+    kinds = [e.kind for e in board.version_events()]
+    assert kinds == ["canary", "promoted"]
+
+
+def test_worse_canary_is_rolled_back(store: ReplayStore, redis_server) -> None:
+    board = StatusBoard(redis_server.client())
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=8))
+    ctl.start_canary(3, {"franka": ROBOTS["franka"]})
+    _feed(store, 3, "franka", "franka-01", 1, 9, 0)
+    _feed(store, 0, "franka", "franka-02", 9, 1, 100)
+    decisions = ctl.evaluate()
+    assert decisions[0].decision == "rollback" and decisions[0].statistic < 0.2
+    assert ctl.state.champion == 0 and ctl.state.canary is None
+    assert board.version_events()[-1].kind == "rolled_back"
+    assert board.rollout_decisions()[0].canary_episodes == 10
+
+
+def test_sole_robot_compares_with_champion_record(store: ReplayStore, redis_server) -> None:
+    board = StatusBoard(redis_server.client())
+    _feed(store, 0, "so101", "so101-01", 2, 10, 0)  # champion's earlier record on this embodiment
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=8))
+    ctl.start_canary(1, {"so101": ["so101-01"]})
+    _feed(store, 1, "so101", "so101-01", 7, 1, 100)
+    d = ctl.evaluate()[0]
+    assert d.champion_episodes == 12 and d.decision == "promote"
+
+
+def test_manual_promote_and_rollback(store: ReplayStore, redis_server) -> None:
+    ctl = RolloutController(store, StatusBoard(redis_server.client()))
+    ctl.start_canary(5, ROBOTS)
+    assert ctl.promote().champion == 5
+    ctl.start_canary(6, ROBOTS)
+    st = ctl.rollback()
+    assert st.champion == 5 and st.canary is None
+    assert ctl.rollback(to_version=4).champion == 4
