@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +16,8 @@ from rich.table import Table
 from fleet.config import FleetConfig
 from fleet.redis_server import redis_for
 from fleet.replay import ReplayStore
+from fleet.rollout import RolloutController
+from fleet.status import StatusBoard
 
 app = typer.Typer(help="molmofleet: a robot fleet on one MolmoAct2 policy that improves from its own data.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -69,6 +72,51 @@ def _wait(seconds: float) -> None:
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
+
+
+rollout_app = typer.Typer(help="Staged rollout: status, manual promote and rollback.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+
+def _rollout(cfg: FleetConfig, client: redis.Redis) -> RolloutController:
+    return RolloutController(ReplayStore(client, cfg.replay, decode_workers=0), StatusBoard(client, cfg.replay.prefix),
+                             cfg.rollout)
+
+
+@rollout_app.command("status")
+def rollout_status(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Champion, canary cohort and the latest gate decisions."""
+    cfg = load_config(config, set_)
+    with redis_for(cfg.redis, cfg.path("redis")) as (client, _):
+        ctl = _rollout(cfg, client)
+        st = ctl.state
+        console.print(f"champion: v{st.champion}   canary: {('v' + str(st.canary)) if st.canary else '-'} "
+                      f"on {', '.join(st.canary_robots) or '-'}")
+        t = Table("version", "embodiment", "decision", "canary", "champion", "statistic", "test")
+        for d in ctl.board.rollout_decisions(20):
+            t.add_row(f"v{d.version}", d.embodiment, d.decision, f"{d.canary_successes}/{d.canary_episodes}",
+                      f"{d.champion_successes}/{d.champion_episodes}", f"{d.statistic:.3f}", d.test)
+        console.print(t)
+
+
+@rollout_app.command("promote")
+def rollout_promote(version: Annotated[int | None, typer.Argument(help="default: the canary")] = None,
+                    config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Make a version the champion fleet-wide now."""
+    cfg = load_config(config, set_)
+    with redis_for(cfg.redis, cfg.path("redis")) as (client, _):
+        st = _rollout(cfg, client).promote(version)
+    console.print(f"champion is now v{st.champion}")
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(to: Annotated[int | None, typer.Option(help="set the champion back to this version")] = None,
+                     config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Drop the canary (or return the champion to an earlier version)."""
+    cfg = load_config(config, set_)
+    with redis_for(cfg.redis, cfg.path("redis")) as (client, _):
+        st = _rollout(cfg, client).rollback(to)
+    console.print(f"champion v{st.champion}, no canary")
 
 
 @app.command()

@@ -8,6 +8,7 @@ A configured ``redis://`` URL skips it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -150,22 +151,61 @@ class EmbeddedRedis:
         self.stop()
 
 
+def _password_for(cfg: RedisConfig, data_dir: Path) -> str:
+    """The configured password, or one generated once and kept (0600) beside the embedded server's data."""
+    password = cfg.password()
+    if password:
+        return password
+    path = data_dir / "password"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(0o600)
+        path.write_text(secrets.token_hex(16))
+    return path.read_text().strip()
+
+
+def _running(data_dir: Path, password: str) -> redis.Redis | None:
+    """A client for an embedded server another process already runs on this data dir, if one is up."""
+    runfile = data_dir / "server.json"
+    if not runfile.exists():
+        return None
+    try:
+        info = json.loads(runfile.read_text())
+        os.kill(int(info["pid"]), 0)
+        client = redis.Redis(host="127.0.0.1", port=int(info["port"]), password=password, socket_timeout=2)
+        client.ping()
+        return client
+    except (OSError, ValueError, KeyError, redis.RedisError):
+        return None
+
+
 @contextlib.contextmanager
 def redis_for(cfg: RedisConfig, data_dir: str | Path | None = None) -> Iterator[tuple[redis.Redis, EmbeddedRedis | None]]:
-    """A client for the configured Redis, starting an embedded one when no URL is given."""
-    password = cfg.password()
+    """A client for the configured Redis. Without a URL: the embedded server on ``data_dir`` — reused if another
+    process (``fleet up``, ``fleet demo``) already runs it, else started here and stopped on exit."""
     if cfg.url:
-        client = redis.Redis.from_url(cfg.url, password=password, socket_timeout=cfg.socket_timeout_s)
+        client = redis.Redis.from_url(cfg.url, password=cfg.password(), socket_timeout=cfg.socket_timeout_s)
         try:
             yield client, None
         finally:
             client.close()
         return
-    server = EmbeddedRedis(data_dir or cfg.data_dir, password=password, appendfsync=cfg.appendfsync,
-                           maxmemory_mb=cfg.maxmemory_mb)
+    root = Path(data_dir or cfg.data_dir).expanduser()
+    password = _password_for(cfg, root)
+    shared = _running(root, password)
+    if shared is not None:
+        try:
+            yield shared, None
+        finally:
+            shared.close()
+        return
+    server = EmbeddedRedis(root, password=password, appendfsync=cfg.appendfsync, maxmemory_mb=cfg.maxmemory_mb)
     with server:
+        runfile = root / "server.json"
+        runfile.write_text(json.dumps({"pid": server.pid, "port": server.port}))
         client = server.client(socket_timeout=cfg.socket_timeout_s)
         try:
             yield client, server
         finally:
             client.close()
+            runfile.unlink(missing_ok=True)
