@@ -136,5 +136,14 @@ def demo(
             json_path.write_text(json.dumps(summary, indent=2))
 
 
+def _register() -> None:
+    """The part commands live beside the parts they compose (fleet/cli_*.py); registered here, explicitly."""
+    from fleet.cli_dashboard import dashboard
+
+    app.command()(dashboard)
+
+
+_register()
+
 if __name__ == "__main__":
     app()

@@ -7,6 +7,7 @@ file that holds them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,12 @@ class RedisConfig(Section):
     appendfsync: Literal["always", "everysec", "no"] = "everysec"  # everysec: <=1 s of writes at risk on power loss
     maxmemory_mb: int = 0  # embedded server memory cap, 0 = none (the store's own capacity evicts first)
     socket_timeout_s: float = 5.0  # per-command timeout; a dead Redis surfaces as an error, not a hang
+    user: str | None = None  # ACL user this component connects as: actor | learner | dashboard | admin (fleet/acl.py)
+    users_dir: str | None = None  # dir of redis-<role>.password files (`fleet keys generate`): the embedded server
+    #                               creates one ACL user per role from it; also where `user` finds its password
+    tls_cert_file: str | None = None  # PEM certificate: the embedded server serves TLS only; client cert for rediss://
+    tls_key_file: str | None = None  # its PEM private key
+    tls_ca_file: str | None = None  # CA bundle that signed the server's certificate (clients verify against it)
 
     def password(self) -> str | None:
         return read_secret(self.password_env, self.password_file)
@@ -72,6 +79,8 @@ class WeightsConfig(Section):
     pub_port: int = 5556  # ZeroMQ PUB port for version announcements
     poll_s: float = 2.0  # actors poll Redis for the current version this often (covers missed announcements)
     chunk_mb: float = 4.0  # transfer chunk size
+    curve_dir: str | None = None  # dir of curve-server.* / curve-client*.* key files (`fleet keys generate`):
+    #                               set, the announcement channel uses ZeroMQ CURVE (fleet/curve.py)
 
     def secret(self) -> str | None:
         return read_secret(self.secret_env, self.secret_file)
@@ -87,40 +96,107 @@ class RolloutConfig(Section):
 
 
 class LearnerConfig(Section):
-    batch_size: int = 16
-    lr_expert: float = 3e-4
-    lr_llm: float = 3e-5
-    lr_vision: float = 3e-5
-    warmup_steps: int = 20
-    total_steps: int = 100_000  # cosine horizon
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    zero_stage: int = Field(0, ge=0, le=3)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    finetune: Literal["full", "lora", "expert"] = "expert"
-    publish_every_steps: int = 200  # publish a version at least this often
+    batch_size: int = 16  # samples per micro-batch (per process)
+    lr_expert: float = 3e-4  # action expert peak learning rate
+    lr_llm: float = 3e-5  # LLM decoder + LM head (full mode)
+    lr_vision: float = 3e-5  # vision encoder + connector (full mode)
+    lr_lora: float = 1e-4  # LoRA adapters (lora mode): adapters start at zero and need a larger step than weights
+    weight_decay: float = 0.01  # AdamW decoupled decay on matrices (norms, biases and embeddings get none)
+    adam_betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    optimizer: Literal["adamw", "cpu_adam"] = "adamw"  # adamw: torch AdamW as DeepSpeed client optimizer (no
+    # build); cpu_adam: DeepSpeedCPUAdam (compiled on first use, ~60 s, cached in TORCH_EXTENSIONS_DIR)
+    warmup_steps: int = 20  # linear warmup from 0, optimizer steps
+    total_steps: int = 100_000  # cosine horizon, optimizer steps
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of each group's peak lr (continual: never reach 0)
+    grad_clip: float = 1.0  # global gradient-norm clip (0: off)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    zero_stage: int = Field(0, ge=0, le=3)  # DeepSpeed ZeRO stage
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast with fp32 master weights; fp16 needs CUDA
+    finetune: Literal["full", "lora", "expert"] = "expert"  # what trains, and therefore what a version ships
+    publish_every_steps: int = 200  # evaluate + checkpoint + publish at least this often (optimizer steps)
     publish_every_episodes: int = 0  # or after this many new episodes (0: off)
     mixture: dict[str, float] = Field(default_factory=lambda: {"fresh": 0.5, "history": 0.3, "rehearsal": 0.2})
+    # pool weights: fresh (fleet episodes newer than fresh_window_s), history (older fleet episodes, incl. the
+    # store's reservoir), rehearsal (imported pretraining-style data, source="rehearsal"); empty pools drop out
+    embodiment_weights: dict[str, float] = Field(default_factory=dict)  # share of each embodiment within a pool
+    # (unlisted: 1.0); empty: embodiments in proportion to their (weighted) episodes
+    fleet_sources: list[str] = Field(default_factory=lambda: ["fleet", "demo"])  # episode sources that feed the
+    # fresh and history pools; "eval" episodes are never trained on
     fresh_window_s: float = 600  # episodes newer than this count as fresh
     success_weight: float = 2.0  # up-weight successful episodes
-    intervention_weight: float = 3.0  # up-weight intervention steps
-    failures: Literal["drop", "keep"] = "drop"
-    checkpoint_dir: str = "~/.local/share/molmofleet/learner"
-    seed: int = 0
+    intervention_weight: float = 3.0  # up-weight windows that start on a supervisor (intervention) step
+    failures: Literal["drop", "keep"] = "drop"  # drop: failed episodes give only their intervention windows;
+    # keep: every window, with the outcome written into the instruction (see learner/mixture.py)
+    holdout_fraction: float = Field(0.05, ge=0, lt=1)  # episodes (by id hash) kept out of training for eval loss
+    eval_windows: int = 32  # held-out windows in the eval-loss set
+    min_episodes: int = 1  # training waits until this many trainable episodes are stored
+    refresh_s: float = 5.0  # re-list the store's episodes at least this often (drops evicted ones)
+    log_every_steps: int = 10  # metrics to MLflow and the status board
+    keep_checkpoints: int = 2  # DeepSpeed checkpoints kept on disk (the newest ones)
+    consumer_group: str = "learner"  # Redis consumer group on the new-episode stream
+    consumer: str = "learner-0"  # this learner's consumer name in the group
+    checkpoint_dir: str = "~/.local/share/molmofleet/learner"  # DeepSpeed checkpoints, base policy, versions
+    init_checkpoint: str | None = None  # policy checkpoint (our format) to start from; None: a fresh tiny policy
+    seed: int = 0  # policy init, sampling and flow-noise RNGs
+
+    @model_validator(mode="after")
+    def _check(self) -> LearnerConfig:
+        problems = []
+        if self.batch_size < 1 or self.grad_accum < 1:
+            problems.append("batch_size and grad_accum must be >= 1")
+        if self.publish_every_steps < 1:
+            problems.append("publish_every_steps must be >= 1 (publish_every_episodes can add more cycles)")
+        if not self.mixture or any(w < 0 for w in self.mixture.values()) or sum(self.mixture.values()) <= 0:
+            problems.append(f"mixture {self.mixture} needs at least one positive weight and none negative")
+        unknown = set(self.mixture) - {"fresh", "history", "rehearsal"}
+        if unknown:
+            problems.append(f"mixture pools {sorted(unknown)} unknown: use fresh, history, rehearsal")
+        if any(w < 0 for w in self.embodiment_weights.values()):
+            problems.append("embodiment_weights must be >= 0")
+        if self.success_weight <= 0 or self.intervention_weight <= 0:
+            problems.append("success_weight and intervention_weight must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append("min_lr_ratio must be in [0, 1]")
+        if problems:
+            raise ValueError("learner: " + "; ".join(problems))
+        return self
 
 
 class MlflowConfig(Section):
-    tracking_uri: str | None = None  # None: sqlite under the data dir
+    tracking_uri: str | None = None  # None: sqlite:///<data_dir>/mlflow.db (artifacts under <data_dir>/mlflow)
     experiment: str = "molmofleet"
-    model_name: str = "molmoact2-fleet"
+    model_name: str = "molmoact2-fleet"  # registered model holding one model version per published version
+    system_metrics: bool = True  # MLflow's CPU/memory/disk sampler thread (psutil), every system_metrics_s
+    system_metrics_s: float = 10.0  # system metrics sampling interval, seconds
+    log_checkpoints: bool = True  # upload each DeepSpeed checkpoint as run artifacts (the versions always are)
 
 
 class DashboardConfig(Section):
     host: str = "127.0.0.1"  # loopback by default; anything else needs allow_remote and a token
     port: int = 8765
     allow_remote: bool = False
-    token_env: str = "MOLMOFLEET_DASHBOARD_TOKEN"
-    refresh_s: float = 2.0
+    token_env: str = "MOLMOFLEET_DASHBOARD_TOKEN"  # env var holding the access token (required when remote)
+    token_file: str | None = None  # or a file holding it
+    refresh_s: float = Field(2.0, gt=0)  # page polling period, seconds
+    max_window_s: float = Field(90 * 86400, gt=0)  # longest time window a chart may ask for (bounded queries)
+    max_points: int = Field(240, ge=10, le=5000)  # time points per chart series; wider windows use wider buckets
+    max_raw_buckets: int = Field(20_000, gt=0)  # store stat buckets read per request; the rest on later polls
+    cache_intervals: int = Field(50_000, gt=0)  # rolled-up intervals kept in memory (LRU)
+    metrics_max_versions: int = Field(16, gt=0)  # newest policy versions exported per version in /metrics
+
+    @model_validator(mode="after")
+    def _check(self) -> DashboardConfig:
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a hostname other than localhost may resolve anywhere
+            loopback = False
+        if not loopback and not self.allow_remote:
+            raise ValueError(f"dashboard: host {self.host!r} is not loopback; set dashboard.allow_remote=true "
+                             f"(and a token in ${self.token_env}) to serve beyond this machine")
+        return self
+
+    def token(self) -> str | None:
+        return read_secret(self.token_env, self.token_file)
 
 
 class ActorSpec(Section):
@@ -130,13 +206,34 @@ class ActorSpec(Section):
     host_resource: str | None = None  # Ray custom resource of the robot's machine (hardware actors)
 
 
+class InterventionConfig(Section):
+    """When the simulated supervisor (the scripted expert) takes over from the policy (Fleet-DAgger style)."""
+
+    stall_s: float = Field(3.0, ge=0)  # take over when the task distance has not improved for this long, s; 0: off
+    min_progress_m: float = Field(0.01, gt=0)  # improvement of the task distance that counts as progress, m
+    random_per_s: float = Field(0.0, ge=0)  # takeover hazard per second of policy control (Poisson); 0: off
+    takeover_s: float = Field(2.0, gt=0)  # the supervisor keeps control this long, control-time s
+    grace_s: float = Field(1.0, ge=0)  # no takeover this soon after the start or a hand-back, s
+    max_per_episode: int = Field(3, ge=0)  # takeovers per episode at most; 0 disables interventions
+
+
 class ActorsConfig(Section):
     robots: list[ActorSpec] = Field(default_factory=list)
     image_size: int = 96  # rendered / resized camera side, pixels
-    queue_threshold: float = 0.5  # request the next chunk when this fraction of the horizon remains
-    merge: Literal["latest", "weighted"] = "weighted"
-    heartbeat_s: float = 1.0
+    queue_threshold: float = Field(0.5, gt=0, le=1)  # request the next chunk when this fraction of the horizon remains
+    merge: Literal["latest", "weighted"] = "weighted"  # weighted: cross-fade overlapping chunks (actors/runtime_chunks.py)
+    heartbeat_s: float = Field(1.0, gt=0)  # heartbeat period, s
     policy: str | None = None  # checkpoint directory or tcp:// policy server; None: the fleet's champion
+    async_inference: bool = True  # False: stop the arm while each chunk is computed (the baseline, for benches)
+    time_scale: float = Field(1.0, gt=0)  # sim only: run the control clock this many times faster than real time
+    max_episode_s: float | None = Field(None, gt=0)  # cut episodes at this control time, s; None: the task's limit
+    first_chunk_timeout_s: float = Field(30.0, gt=0)  # wait this long for the first chunk of an episode, s
+    policy_timeout_s: float = Field(2.0, gt=0)  # remote policy: per-request timeout before reconnecting, s
+    policy_retries: int = Field(1, ge=0)  # remote policy: resends after a timeout before giving up on a chunk
+    torch_threads: int = Field(1, ge=1)  # intra-op threads for in-process inference: leave a core to the loop
+    record_depth: bool = True  # record the main camera's depth (MolmoThink targets) when the env renders it
+    seed: int = 0  # first episode seed; episode i uses seed + i
+    interventions: InterventionConfig = Field(default_factory=InterventionConfig)
 
 
 class FleetConfig(Section):
