@@ -139,8 +139,10 @@ def demo(
 def _register() -> None:
     """The part commands live beside the parts they compose (fleet/cli_*.py); registered here, explicitly."""
     from fleet.cli_dashboard import dashboard
+    from fleet.k8s import k8s_app
 
     app.command()(dashboard)
+    app.add_typer(k8s_app, name="k8s")
 
 
 _register()
