@@ -118,7 +118,13 @@ _YAM_LIMITS = (
 
 _SO_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")
 # SO-101 (new calibration): symmetric about the middle of each joint's range.
-_SO101_LIMITS = ((-1.91986, 1.91986), (-1.74533, 1.74533), (-1.69, 1.69), (-1.65806, 1.65806), (-2.74385, 2.84121))
+_SO101_LIMITS = (
+    (-1.91986, 1.91986),
+    (-1.74533, 1.74533),
+    (-1.69, 1.69),
+    (-1.65806, 1.65806),
+    (-2.74385, 2.84121),
+)
 # SO-100: the widths of its published ranges, centred on 0 like LeRobot's degrees mode does.
 _SO100_LIMITS = ((-2.0, 2.0), (-1.75, 1.75), (-1.5708, 1.5708), (-1.85, 1.85), (-3.1416, 3.1416))
 
@@ -140,7 +146,9 @@ def _franka() -> Embodiment:
 
 
 def _yam_bimanual() -> Embodiment:
-    arms = tuple(tuple(f"{side}_joint{i}" for i in range(1, 7)) + (f"{side}_gripper",) for side in ("left", "right"))
+    arms = tuple(
+        (*(f"{side}_joint{i}" for i in range(1, 7)), f"{side}_gripper") for side in ("left", "right")
+    )
     return Embodiment(
         name="yam_bimanual",
         dof_names=arms[0] + arms[1],

@@ -121,27 +121,70 @@ def rollout_rollback(to: Annotated[int | None, typer.Option(help="set the champi
 
 @app.command()
 def demo(
-    minutes: Annotated[float, typer.Option(help="how long the demo fleet runs")] = 6.0,
+    minutes: Annotated[float, typer.Option(help="how long the fleet runs after the warm start")] = 5.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the summary here")] = None,
+    demos: Annotated[int, typer.Option(help="scripted demonstrations per robot")] = 10,
+    warm_steps: Annotated[int, typer.Option(help="warm-start training steps on the demonstrations")] = 120,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per embodiment and version")] = 8,
+    inject: Annotated[bool, typer.Option(help="inject a corrupted and a degraded version midway")] = True,
     config: ConfigOpt = None, set_: SetOpt = None,
 ) -> None:
-    """A small simulated mixed fleet that improves its own policy while you watch."""
+    """A small simulated mixed fleet (Franka, YAM, SO-101) that improves its own policy while you watch."""
+    from fleet.demo import run_demo
+
     cfg = load_config(config, set_)
-    with redis_for(cfg.redis, cfg.path("redis")) as (client, server):
-        st = ReplayStore(client, cfg.replay, decode_workers=0).stats()
-        console.print(f"[bold]molmofleet demo[/]: redis at {server.url if server else cfg.redis.url} "
-                      f"({st.stored.episodes} episodes stored)")
-        summary = {"redis": server.url if server else cfg.redis.url, "episodes": st.stored.episodes}
-        if json_path:
-            json_path.write_text(json.dumps(summary, indent=2))
+    summary = run_demo(cfg, minutes, console, demos_per_robot=demos, warm_steps=warm_steps,
+                       eval_episodes=eval_episodes, inject=inject)
+    text = json.dumps(summary, indent=2)
+    if json_path:
+        json_path.write_text(text)
+    h = summary["heldout"]
+    console.print(f"held-out success: v{h['first_version']} {h['first']['fleet']:.0%} -> "
+                  f"v{h['last_version']} {h['last']['fleet']:.0%}; promoted {summary['promoted']}, rolled back "
+                  f"{summary['rolled_back']}; episodes lost: {summary['episodes']['lost']}")
+    if json_path:
+        console.print(f"summary: {json_path}")
+
+
+@app.command()
+def up(config: ConfigOpt = None, set_: SetOpt = None,
+       policy: Annotated[str | None, typer.Option(help="actors' starting policy (default: actors.policy)")] = None,
+       minutes: Annotated[float | None, typer.Option(help="stop after this long (default: until Ctrl-C)")] = None,
+       no_learner: Annotated[bool, typer.Option("--no-learner", help="actors only")] = False) -> None:
+    """Start the fleet in the config on Ray (local, or `ray_address`) and supervise it until Ctrl-C."""
+    import threading
+
+    from fleet.orchestrator import Orchestrator
+
+    cfg = load_config(config, set_)
+    spec = policy or cfg.actors.policy
+    if spec is None:
+        console.print("[red]no policy: pass --policy or set actors.policy[/]")
+        raise typer.Exit(2)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Orchestrator(cfg, spec, weights_endpoint=f"tcp://127.0.0.1:{cfg.weights.pub_port}",
+                      learner=not no_learner) as orch:
+        console.print(f"fleet up: {len(cfg.actors.robots)} robots, learner {'off' if no_learner else 'on'}")
+        try:
+            orch.run(seconds=minutes * 60 if minutes else None, stop=stop)
+        except KeyboardInterrupt:
+            pass
 
 
 def _register() -> None:
     """The part commands live beside the parts they compose (fleet/cli_*.py); registered here, explicitly."""
+    from fleet.cli_actor import actor
     from fleet.cli_dashboard import dashboard
+    from fleet.cli_keys import keys_generate
+    from fleet.cli_learner import export, learner
     from fleet.k8s import k8s_app
 
-    app.command()(dashboard)
+    for command in (actor, learner, export, dashboard):
+        app.command()(command)
+    keys_app = typer.Typer(help="Fleet credentials.", no_args_is_help=True)
+    keys_app.command("generate")(keys_generate)
+    app.add_typer(keys_app, name="keys")
     app.add_typer(k8s_app, name="k8s")
 
 

@@ -93,6 +93,7 @@ class RolloutConfig(Section):
     promote_probability: float = 0.8  # P(canary >= champion - margin) needed to promote (beta_binomial)
     margin: float = 0.05  # tolerated drop in success rate
     alpha: float = 0.05  # significance for one_sided_z rollback
+    canary_timeout_s: float = 180.0  # a newer version supersedes a pending canary only after this long
 
 
 class LearnerConfig(Section):
@@ -135,7 +136,7 @@ class LearnerConfig(Section):
     keep_checkpoints: int = 2  # DeepSpeed checkpoints kept on disk (the newest ones)
     consumer_group: str = "learner"  # Redis consumer group on the new-episode stream
     consumer: str = "learner-0"  # this learner's consumer name in the group
-    checkpoint_dir: str = "~/.local/share/molmofleet/learner"  # DeepSpeed checkpoints, base policy, versions
+    checkpoint_dir: str = "learner"  # DeepSpeed checkpoints + base policy; relative: under data_dir
     init_checkpoint: str | None = None  # policy checkpoint (our format) to start from; None: a fresh tiny policy
     seed: int = 0  # policy init, sampling and flow-noise RNGs
 
@@ -209,7 +210,7 @@ class ActorSpec(Section):
 class InterventionConfig(Section):
     """When the simulated supervisor (the scripted expert) takes over from the policy (Fleet-DAgger style)."""
 
-    stall_s: float = Field(3.0, ge=0)  # take over when the task distance has not improved for this long, s; 0: off
+    stall_s: float = Field(3.0, ge=0)  # take over when the task distance stalled this long, s; 0: off
     min_progress_m: float = Field(0.01, gt=0)  # improvement of the task distance that counts as progress, m
     random_per_s: float = Field(0.0, ge=0)  # takeover hazard per second of policy control (Poisson); 0: off
     takeover_s: float = Field(2.0, gt=0)  # the supervisor keeps control this long, control-time s
@@ -220,17 +221,20 @@ class InterventionConfig(Section):
 class ActorsConfig(Section):
     robots: list[ActorSpec] = Field(default_factory=list)
     image_size: int = 96  # rendered / resized camera side, pixels
-    queue_threshold: float = Field(0.5, gt=0, le=1)  # request the next chunk when this fraction of the horizon remains
-    merge: Literal["latest", "weighted"] = "weighted"  # weighted: cross-fade overlapping chunks (actors/runtime_chunks.py)
+    queue_threshold: float = Field(0.5, gt=0, le=1)  # ask for the next chunk when this fraction of it is left
+    # how overlapping chunks merge; weighted cross-fades them (why: actors/runtime_chunks.py)
+    merge: Literal["latest", "weighted"] = "weighted"
     heartbeat_s: float = Field(1.0, gt=0)  # heartbeat period, s
     policy: str | None = None  # checkpoint directory or tcp:// policy server; None: the fleet's champion
-    async_inference: bool = True  # False: stop the arm while each chunk is computed (the baseline, for benches)
-    time_scale: float = Field(1.0, gt=0)  # sim only: run the control clock this many times faster than real time
-    max_episode_s: float | None = Field(None, gt=0)  # cut episodes at this control time, s; None: the task's limit
+    async_inference: bool = True  # False: the arm stops while each chunk is computed (the bench's baseline)
+    time_scale: float = Field(1.0, gt=0)  # sim only: run the control clock this many times real time
+    max_episode_s: float | None = Field(None, gt=0)  # cut episodes at this control time, s; None: task limit
     first_chunk_timeout_s: float = Field(30.0, gt=0)  # wait this long for the first chunk of an episode, s
     policy_timeout_s: float = Field(2.0, gt=0)  # remote policy: per-request timeout before reconnecting, s
     policy_retries: int = Field(1, ge=0)  # remote policy: resends after a timeout before giving up on a chunk
     torch_threads: int = Field(1, ge=1)  # intra-op threads for in-process inference: leave a core to the loop
+    gil_switch_ms: float = Field(1.0, gt=0)  # Python's GIL hand-off interval in an actor process (default 5):
+    # bounds how long the inference thread's Python code can keep a waking control thread waiting
     record_depth: bool = True  # record the main camera's depth (MolmoThink targets) when the env renders it
     seed: int = 0  # first episode seed; episode i uses seed + i
     interventions: InterventionConfig = Field(default_factory=InterventionConfig)

@@ -26,6 +26,8 @@ import numpy as np
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleet.chunk_layout import FrameLayout, walk_chunk, walk_top
+
 SCHEMA_VERSION = 1
 IMAGE_ENCODINGS = ("zstd", "jpeg")
 MAX_STEPS = 100_000  # an hour at 30 Hz is 108k: longer recordings are split by the recorder
@@ -48,15 +50,20 @@ class EmbodimentSchema(BaseModel):
     cameras: tuple[str, ...]  # camera names, main camera first
 
 
+# names become parts of stats keys joined by "|" (fleet/replay_scripts.py): no "|" and no control characters
+_NAME = r"^[^|\x00-\x1f\x7f]+$"
+
+
 class EpisodeMeta(BaseModel):
     """Everything about an episode except its per-step arrays."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN/inf would be stored as JSON null and fail every later read of the episode: refused at the edge
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     episode_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
-    robot_id: str = Field(min_length=1, max_length=128)
-    embodiment: str = Field(min_length=1, max_length=64)
-    task: str = Field(min_length=1, max_length=128)  # task name, e.g. "reach"
+    robot_id: str = Field(min_length=1, max_length=128, pattern=_NAME)
+    embodiment: str = Field(min_length=1, max_length=64, pattern=_NAME)
+    task: str = Field(min_length=1, max_length=128, pattern=_NAME)  # task name, e.g. "reach"
     instruction: str = Field(max_length=2048)  # the language instruction the policy saw
     policy_version: int = Field(ge=0)  # weights version that acted (0: scripted / pretrained seed)
     fps: float = Field(gt=0, le=1000)  # control rate the steps were recorded at, Hz
@@ -113,14 +120,25 @@ def _pack_array(a: np.ndarray) -> dict:
 _LOW_DTYPES = {"state": "<f4", "action": "<f4", "intervention": "|b1", "timestamp": "<f8"}
 
 
+def _is_int(x: object, lo: int, hi: int) -> bool:
+    return type(x) is int and lo <= x <= hi  # not bool (an int subclass), not float
+
+
+def _short(x: object) -> str:
+    """repr for error messages: a hostile value must not make a megabyte dead-letter reason."""
+    r = repr(x)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
 def _unpack_array(name: str, d: object) -> np.ndarray:
     if not isinstance(d, dict) or not {"dtype", "shape", "data"} <= d.keys():
         raise EpisodeError(f"{name}: expected an array record with dtype, shape and data")
     dtype, shape, data = d["dtype"], d["shape"], d["data"]
     if dtype != _LOW_DTYPES[name]:
-        raise EpisodeError(f"{name}: dtype {dtype!r}, expected {_LOW_DTYPES[name]!r}")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and 0 <= s <= MAX_STEPS for s in shape):
-        raise EpisodeError(f"{name}: bad shape {shape!r}")
+        raise EpisodeError(f"{name}: dtype {_short(dtype)}, expected {_LOW_DTYPES[name]!r}")
+    # low-dim arrays are (T,) or (T, D): more dims are malformed (and numpy refuses more than 64)
+    if not isinstance(shape, list) or len(shape) > 2 or not all(_is_int(s, 0, MAX_STEPS) for s in shape):
+        raise EpisodeError(f"{name}: bad shape {_short(shape)}")
     if not isinstance(data, bytes) or len(data) != math.prod(shape) * np.dtype(dtype).itemsize:
         raise EpisodeError(f"{name}: {len(data) if isinstance(data, bytes) else type(data).__name__} bytes "
                            f"do not fill shape {shape}")
@@ -145,15 +163,51 @@ def encode_frame(frame: np.ndarray, encoding: str) -> bytes:
 
 
 def decode_frame(data: bytes, encoding: str, shape: tuple[int, ...], dtype: str = "|u1") -> np.ndarray:
+    """Bytes -> one frame of ``shape``, else EpisodeError. Memory stays within the frame's size: a small input
+    may declare a huge image (JPEG header, zstd content size), so that is checked before decoding."""
     if encoding == "jpeg":
-        import cv2
+        out = np.empty(tuple(shape), np.uint8)
+        decode_frame_into(data, encoding, out)
+        return out
+    return np.frombuffer(_inflate(data, tuple(shape), dtype), dtype=dtype).reshape(shape)
 
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None or img.shape != tuple(shape):
-            raise EpisodeError(f"JPEG frame does not decode to {shape}")
-        return img[..., ::-1]
-    raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=math.prod(shape) * np.dtype(dtype).itemsize)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+def decode_frame_into(data: bytes, encoding: str, out: np.ndarray) -> None:
+    """Decode one frame into ``out``, a slot of the caller's array ((H, W, 3) uint8 image, (H, W) float32
+    depth): a sampler fills its window arrays without allocating and stacking a frame at a time. JPEG decodes
+    straight to RGB into ``out`` (libjpeg-turbo, GIL released); the header is checked first, and the decode can
+    write nowhere but ``out``, so a lying header cannot allocate anything."""
+    if encoding == "jpeg":
+        import simplejpeg  # lazy: only JPEG users pay for it
+
+        try:
+            declared = tuple(simplejpeg.decode_jpeg_header(data)[:2])
+        except ValueError:
+            declared = None
+        if declared != out.shape[:2] or out.shape[2:] != (3,) or out.dtype != np.uint8:
+            raise EpisodeError(f"JPEG frame does not declare a {list(out.shape)} image")
+        try:
+            # strict=False: a damaged tail decodes to what is there, as a camera pipeline would show it
+            simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, buffer=out)
+        except ValueError as e:
+            raise EpisodeError(f"JPEG frame does not decode to {list(out.shape)} ({e})") from None
+        return
+    out[...] = np.frombuffer(_inflate(data, out.shape, out.dtype.str), out.dtype).reshape(out.shape)
+
+
+def _inflate(data: bytes, shape: tuple[int, ...], dtype: str) -> bytes:
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    try:
+        # max_output_size only bounds frames that do not declare their size: a declared one must match
+        declared = zstandard.frame_content_size(data)
+        if declared not in (-1, size):
+            raise EpisodeError(f"zstd frame declares {declared} bytes, a {list(shape)} {dtype} frame is {size}")
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as e:
+        raise EpisodeError(f"frame: not a zstd frame of {size} bytes ({e})") from None
+    if len(raw) != size:
+        raise EpisodeError(f"frame: {len(raw)} bytes, a {list(shape)} {dtype} frame is {size}")
+    return raw
 
 
 # ----------------------------------------------------------------------------------------------- codec
@@ -199,10 +253,11 @@ class EncodedEpisode:
     meta: EpisodeMeta
     low: dict[str, np.ndarray]
     low_blob: bytes  # msgpack of ``low`` as sent, stored verbatim
-    chunks: list[bytes]
+    chunks: list[bytes]  # memoryviews into the wire bytes when parsed with views=True
     chunk_bounds: list[tuple[int, int]]
     cameras: dict[str, tuple[int, ...]]  # camera -> frame shape
     has_depth: bool
+    layout: FrameLayout | None = None  # where each frame sits in its chunk; None if chunks are laid out unevenly
 
     @property
     def num_steps(self) -> int:
@@ -221,6 +276,9 @@ def _loads(blob: bytes, what: str) -> object:
 
 
 def parse_meta(raw: object) -> EpisodeMeta:
+    # on the wire the id must be sent, not defaulted: a fresh one per parse would store every retry again
+    if isinstance(raw, dict) and "episode_id" not in raw:
+        raise EpisodeError("meta.episode_id: missing (appends are idempotent by it)")
     try:
         return EpisodeMeta.model_validate(raw)
     except ValidationError as e:
@@ -229,11 +287,54 @@ def parse_meta(raw: object) -> EpisodeMeta:
         raise EpisodeError(f"meta.{loc}: {first['msg']} ({e.error_count()} error(s))") from None
 
 
-def parse_encoded(blob: bytes) -> EncodedEpisode:
-    """Parse wire bytes without decoding images; raises EpisodeError with the precise reason."""
+def _frames_ok(frames: object, n: int) -> bool:
+    # bytes as unpacked, or (start, stop) spans where fleet/chunk_layout.py walked the chunk
+    return isinstance(frames, list) and len(frames) == n and all(isinstance(f, bytes | tuple) for f in frames)
+
+
+def _check_chunk(head: object, what: str) -> dict:
+    """A chunk head whose fields all have the right types and bounds: decoding it can fail on frame bytes only."""
+    if not isinstance(head, dict) or not {"start", "stop", "enc", "cams", "shapes"} <= head.keys():
+        raise EpisodeError(f"{what}: missing start/stop/enc/cams/shapes")
+    if head["enc"] not in IMAGE_ENCODINGS:
+        raise EpisodeError(f"{what}: unknown image encoding {_short(head['enc'])}")
+    start, stop = head["start"], head["stop"]
+    if not _is_int(start, 0, MAX_STEPS) or not _is_int(stop, start, MAX_STEPS):
+        raise EpisodeError(f"{what}: steps {_short(start)}..{_short(stop)} are not a step range")
+    if not isinstance(head["cams"], dict) or not isinstance(head["shapes"], dict):
+        raise EpisodeError(f"{what}: cams and shapes must be maps")
+    for cam, frames in head["cams"].items():
+        if not _frames_ok(frames, stop - start):
+            raise EpisodeError(f"{what}.{_short(cam)}: {len(frames) if isinstance(frames, list) else '?'} "
+                               f"frames (bytes) for steps {start}..{stop}")
+        shape = head["shapes"].get(cam)
+        if not (isinstance(shape, list) and len(shape) == 3 and _is_int(shape[2], 3, 3)
+                and all(_is_int(s, 1, MAX_IMAGE_SIDE) for s in shape[:2])):
+            raise EpisodeError(f"{what}.{_short(cam)}: image shape {_short(shape)}, expected [H, W, 3]")
+    if "depth" in head:
+        shape = head.get("depth_shape")
+        if not _frames_ok(head["depth"], stop - start):
+            raise EpisodeError(f"{what}: depth must be {stop - start} frames (bytes)")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(s, 1, MAX_IMAGE_SIDE) for s in shape)):
+            raise EpisodeError(f"{what}: depth shape {_short(shape)}, expected [H, W]")
+    return head
+
+
+def parse_encoded(blob: bytes, *, views: bool = False) -> EncodedEpisode:
+    """Parse wire bytes without decoding images; raises EpisodeError with the precise reason.
+
+    Frames are located, not copied (fleet/chunk_layout.py). ``views=True`` leaves the chunks as memoryviews into
+    ``blob`` (valid while it is unchanged) instead of copying them out: the store sends them on as they are.
+    """
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise EpisodeError(f"episode must be bytes, got {type(blob).__name__}")
-    top = _loads(bytes(blob), "episode")
+    try:
+        view = memoryview(blob).cast("B")
+    except TypeError:  # a non-contiguous or multi-dimensional view
+        view = memoryview(bytes(blob))
+    top = walk_top(view)
+    if top is None:  # not laid out as encode_episode writes: the plain parse says what is wrong
+        top = _loads(bytes(blob), "episode")
     if not isinstance(top, dict):
         raise EpisodeError("episode: top level must be a map")
     if top.get("v") != SCHEMA_VERSION:
@@ -249,30 +350,28 @@ def parse_encoded(blob: bytes) -> EncodedEpisode:
         raise EpisodeError(f"low: missing {sorted(missing)}")
     low = {k: _unpack_array(k, top["low"][k]) for k in _LOW_DTYPES}
     chunks = top["chunks"]
-    if not isinstance(chunks, list) or not all(isinstance(c, bytes) for c in chunks):
+    if not isinstance(chunks, list) or not all(isinstance(c, bytes | memoryview) for c in chunks):
         raise EpisodeError("chunks: must be a list of bytes")
-    bounds, cameras, has_depth = [], {}, False
+    bounds, cameras, has_depth, depth_shape = [], {}, False, None
+    walks = [walk_chunk(c if isinstance(c, memoryview) else memoryview(c)) for c in chunks]
     for i, c in enumerate(chunks):
-        head = _loads(c, f"chunks[{i}]")
-        if not isinstance(head, dict) or not {"start", "stop", "enc", "cams", "shapes"} <= head.keys():
-            raise EpisodeError(f"chunks[{i}]: missing start/stop/enc/cams/shapes")
-        if head["enc"] not in IMAGE_ENCODINGS:
-            raise EpisodeError(f"chunks[{i}]: unknown image encoding {head['enc']!r}")
-        start, stop = head["start"], head["stop"]
-        if not isinstance(head["cams"], dict) or not isinstance(head["shapes"], dict):
-            raise EpisodeError(f"chunks[{i}]: cams and shapes must be maps")
-        for cam, frames in head["cams"].items():
-            if not isinstance(frames, list) or len(frames) != stop - start:
-                raise EpisodeError(f"chunks[{i}].{cam}: {len(frames) if isinstance(frames, list) else '?'} "
-                                   f"frames for steps {start}..{stop}")
-            shape = tuple(head["shapes"].get(cam) or ())
-            if len(shape) != 3 or shape[2] != 3 or not all(0 < s <= MAX_IMAGE_SIDE for s in shape[:2]):
-                raise EpisodeError(f"chunks[{i}].{cam}: image shape {list(shape)}, expected [H, W, 3]")
+        walk = walks[i]
+        head = _check_chunk(walk.head if walk is not None else _loads(c, f"chunks[{i}]"), f"chunks[{i}]")
+        # every chunk holds the same cameras and depth, in the same shapes: decoders stack frames across chunks
+        if i and (head["cams"].keys() != cameras.keys() or ("depth" in head) != has_depth
+                  or head.get("depth_shape") != depth_shape):
+            raise EpisodeError(f"chunks[{i}]: cameras or depth differ from chunk 0's")
+        for cam in head["cams"]:
+            shape = tuple(head["shapes"][cam])
             if cameras.setdefault(cam, shape) != shape:
-                raise EpisodeError(f"{cam}: image shape changes from {list(cameras[cam])} to {list(shape)}")
-        has_depth = has_depth or "depth" in head
-        bounds.append((start, stop))
-    return EncodedEpisode(meta, low, msgpack.packb(top["low"], use_bin_type=True), chunks, bounds, cameras, has_depth)
+                raise EpisodeError(f"{_short(cam)}: image shape changes from {list(cameras[cam])} to {list(shape)}")
+        has_depth, depth_shape = "depth" in head, head.get("depth_shape")
+        bounds.append((head["start"], head["stop"]))
+    layout = None if None in walks else FrameLayout.from_walks(walks, cameras)  # type: ignore[arg-type]
+    if not views:
+        chunks = [bytes(c) for c in chunks]
+    return EncodedEpisode(meta, low, msgpack.packb(top["low"], use_bin_type=True), chunks, bounds, cameras, has_depth,
+                          layout)
 
 
 def validate_encoded(enc: EncodedEpisode, schemas: dict[str, EmbodimentSchema] | None = None) -> None:
@@ -326,8 +425,8 @@ def validate_episode(ep: Episode, schemas: dict[str, EmbodimentSchema] | None = 
 
 def decode_low(low_blob: bytes) -> dict[str, np.ndarray]:
     low = _loads(low_blob, "low")
-    if not isinstance(low, dict):
-        raise EpisodeError("low: must be a map")
+    if not isinstance(low, dict) or not set(_LOW_DTYPES) <= low.keys():
+        raise EpisodeError(f"low: must be a map with {sorted(_LOW_DTYPES)}")
     return {k: _unpack_array(k, low[k]) for k in _LOW_DTYPES}
 
 
@@ -338,7 +437,7 @@ def decode_chunk_frames(
 
     Returns (camera -> frames, depth frames or None, first step of the chunk).
     """
-    head = _loads(chunk_blob, "chunk")
+    head = _check_chunk(_loads(chunk_blob, "chunk"), "chunk")
     start, stop = head["start"], head["stop"]
     idx = range(start, stop) if steps is None else range(max(start, steps.start), min(stop, steps.stop))
     enc = head["enc"]

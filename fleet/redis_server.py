@@ -2,6 +2,7 @@
 
 It runs on a free loopback port with a password, AOF persistence in a data directory, and is stopped
 cleanly (SHUTDOWN, then SIGTERM, then SIGKILL) on exit, also when the caller fails or is interrupted.
+Optionally it creates one ACL user per fleet role (fleet/acl.py) and serves TLS only (certificate files given).
 A configured ``redis://`` URL skips it.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from fleet import acl
 from fleet.config import RedisConfig
 
 
@@ -58,9 +60,20 @@ class EmbeddedRedis:
     """A redis-server child process. Use as a context manager or call start()/stop()."""
 
     def __init__(self, data_dir: str | Path, password: str | None = None, port: int | None = None,
-                 appendfsync: str = "everysec", maxmemory_mb: int = 0, extra_args: list[str] | None = None):
+                 appendfsync: str = "everysec", maxmemory_mb: int = 0, extra_args: list[str] | None = None,
+                 users: dict[str, str] | None = None, prefix: str = "mf", tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None, tls_ca_file: str | None = None):
+        """``password``: the default user's (an admin). ``users``: role -> password of the ACL users to create
+        (``admin`` too, or it shares ``password``), with key rules for ``prefix``. ``tls_*``: TLS-only port."""
         self.data_dir = Path(data_dir).expanduser()
         self.password = password or secrets.token_hex(16)
+        self.users = dict(users or {})
+        if self.users:
+            self.users.setdefault("admin", self.password)
+        self.prefix = prefix
+        self.tls = (tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
+        if self.tls and not tls_key_file:
+            raise ValueError("redis: tls_cert_file needs tls_key_file")
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.maxmemory_mb = maxmemory_mb
@@ -69,15 +82,28 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
-    def client(self, **kw: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kw)
+    def client(self, role: str | None = None, **kw: object) -> redis.Redis:
+        """A client as the default user (admin), or as the ACL user of ``role``."""
+        if role is not None:
+            kw.update(username=role, password=self.users[role])
+        if self.tls:
+            cert, _, ca = self.tls
+            kw.update(ssl=True, ssl_ca_certs=ca or cert)  # a self-signed certificate is its own CA
+        kw.setdefault("password", self.password)
+        return redis.Redis(host="127.0.0.1", port=self.port, **kw)
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            cert, key, ca = self.tls
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                      "--tls-auth-clients", "no", *(["--tls-ca-cert-file", ca] if ca else [])]
+        else:
+            listen = ["--port", str(self.port)]
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+            find_redis_server(), *listen, "--bind", "127.0.0.1",
             "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", self.appendfsync,
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
@@ -85,10 +111,12 @@ class EmbeddedRedis:
             "--proto-max-bulk-len", "1gb", "--client-query-buffer-limit", "1gb",
             *self.extra_args,
         ]
-        # The password goes through stdin-free config: a line on the command line would show in `ps`.
+        # Users go through a config file (a command line shows in `ps`), passwords only as sha256 hashes: no
+        # secret on disk, and no password in redis-server's echo of a config line it cannot parse.
         conf = self.data_dir / "auth.conf"
-        conf.write_text(f"requirepass {self.password}\n")
+        conf.touch(0o600)
         conf.chmod(0o600)
+        conf.write_text(acl.acl_file(self.users, self.prefix, default_user=self.password))
         args.insert(1, str(conf))
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
@@ -153,9 +181,10 @@ class EmbeddedRedis:
 
 def _password_for(cfg: RedisConfig, data_dir: Path) -> str:
     """The configured password, or one generated once and kept (0600) beside the embedded server's data."""
-    password = cfg.password()
-    if password:
-        return password
+    return cfg.password() or _kept_password(data_dir)
+
+
+def _kept_password(data_dir: Path) -> str:
     path = data_dir / "password"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +193,7 @@ def _password_for(cfg: RedisConfig, data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _running(data_dir: Path, password: str) -> redis.Redis | None:
+def _running(data_dir: Path, **kw: object) -> redis.Redis | None:
     """A client for an embedded server another process already runs on this data dir, if one is up."""
     runfile = data_dir / "server.json"
     if not runfile.exists():
@@ -172,38 +201,62 @@ def _running(data_dir: Path, password: str) -> redis.Redis | None:
     try:
         info = json.loads(runfile.read_text())
         os.kill(int(info["pid"]), 0)
-        client = redis.Redis(host="127.0.0.1", port=int(info["port"]), password=password, socket_timeout=2)
+        client = redis.Redis(host="127.0.0.1", port=int(info["port"]), socket_timeout=2, **kw)
         client.ping()
         return client
+    except redis.AuthenticationError:
+        raise  # one runs there but refuses these credentials: a second server on the same AOF would corrupt it
     except (OSError, ValueError, KeyError, redis.RedisError):
         return None
 
 
 @contextlib.contextmanager
-def redis_for(cfg: RedisConfig, data_dir: str | Path | None = None) -> Iterator[tuple[redis.Redis, EmbeddedRedis | None]]:
+def redis_for(cfg: RedisConfig, data_dir: str | Path | None = None,
+              prefix: str = "mf") -> Iterator[tuple[redis.Redis, EmbeddedRedis | None]]:
     """A client for the configured Redis. Without a URL: the embedded server on ``data_dir`` — reused if another
-    process (``fleet up``, ``fleet demo``) already runs it, else started here and stopped on exit."""
+    process (``fleet up``, ``fleet demo``) already runs it, else started here and stopped on exit.
+
+    With role passwords configured (``redis.users_dir`` or ``MOLMOFLEET_REDIS_<ROLE>_PASSWORD``) the embedded
+    server gets one ACL user per role (rules for the key ``prefix``, replay.prefix), and the client connects as
+    ``redis.user`` (None: the default user, an admin).
+    """
+    username, password = acl.credentials(cfg)
     if cfg.url:
-        client = redis.Redis.from_url(cfg.url, password=cfg.password(), socket_timeout=cfg.socket_timeout_s)
+        tls = {"ssl_ca_certs": cfg.tls_ca_file, "ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+        tls = {k: v for k, v in tls.items() if v} if cfg.url.startswith("rediss://") else {}
+        client = redis.Redis.from_url(cfg.url, username=username, password=password,
+                                      socket_timeout=cfg.socket_timeout_s, **tls)
         try:
             yield client, None
         finally:
             client.close()
         return
     root = Path(data_dir or cfg.data_dir).expanduser()
-    password = _password_for(cfg, root)
-    shared = _running(root, password)
+    users = acl.role_passwords(cfg)
+    if users:
+        users.setdefault("admin", _kept_password(root))
+        admin = users["admin"]
+        conn: dict[str, object] = {"username": username, "password": password} if username else {"password": admin}
+    else:
+        admin = _password_for(cfg, root)
+        conn = {"password": admin}
+    if cfg.tls_cert_file:
+        conn.update(ssl=True, ssl_ca_certs=cfg.tls_ca_file or cfg.tls_cert_file)
+    shared = _running(root, **conn)
     if shared is not None:
         try:
             yield shared, None
         finally:
             shared.close()
         return
-    server = EmbeddedRedis(root, password=password, appendfsync=cfg.appendfsync, maxmemory_mb=cfg.maxmemory_mb)
+    server = EmbeddedRedis(root, password=admin, appendfsync=cfg.appendfsync, maxmemory_mb=cfg.maxmemory_mb,
+                           users=users, prefix=prefix, tls_cert_file=cfg.tls_cert_file,
+                           tls_key_file=cfg.tls_key_file, tls_ca_file=cfg.tls_ca_file)
     with server:
         runfile = root / "server.json"
         runfile.write_text(json.dumps({"pid": server.pid, "port": server.port}))
-        client = server.client(socket_timeout=cfg.socket_timeout_s)
+        client = server.client(socket_timeout=cfg.socket_timeout_s, **{k: v for k, v in conn.items()
+                                                                        if k in ("username", "password")})
         try:
             yield client, server
         finally:

@@ -1,9 +1,20 @@
 """Server-side Lua for the replay store: append is one atomic script, so readers never see half an episode,
 a retried append is a no-op, and eviction, reservoir and byte accounting move together with the insert.
 
+The payloads (chunks, low-dim arrays) do not go through the script: copying megabytes into Lua strings and
+back costs more than the rest of an append. The store SETs them under staging keys ``P:stage:{id}:{token}:*``
+(with a TTL) in the same pipeline, just before the script, which RENAMEs them into place (no copy) or, for a
+retry, deletes them. Nothing is visible before the script runs. Not one MULTI/EXEC: with AOF on, a
+transaction's megabytes pile up in one append-only buffer that Redis grows (and copies) a megabyte at a time;
+plain SETs are flushed one by one. An upload cut off before the script leaves staging keys the TTL removes.
+
 The ``#!lua`` shebang (Redis 7) makes Redis refuse the whole script up front when over maxmemory, instead of
 failing half-way through it. Keys are built from a prefix passed in ARGV (the store is single-instance Redis; Redis Cluster would need hash
 tags on every key of an episode, see ReplayStore's docstring).
+
+What the script reads back for eviction and the reservoir (steps, bytes, chunks, index fields) lives in its own
+hash ``P:acct:{id}``, never read from ``P:ep:*``: Redis checks a script's keys against the calling user, and an
+actor's ACL user may write episodes but not read them (fleet/acl.py).
 """
 
 APPEND = r"""#!lua
@@ -22,20 +33,48 @@ local r_accept = tonumber(ARGV[17])
 local r_pick = tonumber(ARGV[18])
 local events_maxlen = ARGV[19]
 local chunk_steps = ARGV[20]
-local low = ARGV[21]
-local nchunks = #ARGV - 21
+local stage = ARGV[21]  -- the frames and low-dim arrays, SET by the same pipeline just before this script
+local nchunks = tonumber(ARGV[22])
+local layout = ARGV[23]  -- where each frame sits in its chunk (fleet/chunk_layout.py), '' if unknown
 
+-- eviction bookkeeping of a stored episode (stores written before P:acct existed keep it in the episode hash)
+local function acct(eid, ...)
+  local f = redis.call('HMGET', P .. ':acct:' .. eid, ...)
+  if not f[1] then f = redis.call('HMGET', P .. ':ep:' .. eid, ...) end
+  return f
+end
+
+local function drop_stage()
+  for i = 0, nchunks - 1 do redis.call('DEL', stage .. ':c:' .. i) end
+  redis.call('DEL', stage .. ':low')
+end
+
+for i = -1, nchunks - 1 do
+  local key = i < 0 and stage .. ':low' or stage .. ':c:' .. i
+  if redis.call('EXISTS', key) == 0 then
+    drop_stage()
+    return redis.error_reply('ERR append: staged ' .. key .. ' missing')
+  end
+end
 if redis.call('SADD', P .. ':seen', id) == 0 then
+  drop_stage()  -- a retry: the stored (or evicted) episode stays as it is
   return 0
 end
 
 local ek = P .. ':ep:' .. id
-redis.call('SET', ek .. ':low', low)
-for i = 1, nchunks do
-  redis.call('SET', ek .. ':c:' .. (i - 1), ARGV[21 + i])
+-- RENAME moves the staged values without copying them (payloads never pass through Lua); PERSIST first, as
+-- RENAME keeps the staging TTL
+redis.call('PERSIST', stage .. ':low')
+redis.call('RENAME', stage .. ':low', ek .. ':low')
+for i = 0, nchunks - 1 do
+  redis.call('PERSIST', stage .. ':c:' .. i)
+  redis.call('RENAME', stage .. ':c:' .. i, ek .. ':c:' .. i)
 end
 redis.call('HSET', ek, 'meta', meta, 'n', n, 'bytes', nbytes, 'nchunks', nchunks, 'chunk_steps', chunk_steps,
   'emb', emb, 'task', task, 'ok', ok, 'ver', ver, 'src', src, 't', t)
+if layout ~= '' then redis.call('HSET', ek, 'layout', layout) end
+redis.call('HSET', P .. ':acct:' .. id, 'n', n, 'bytes', nbytes, 'nchunks', nchunks, 'emb', emb, 'task', task,
+  'ok', ok, 'ver', ver, 'src', src)
 
 local pools = {'all', 'emb:' .. emb, 'task:' .. task, 'ok:' .. ok, 'ver:' .. ver, 'src:' .. src}
 local S = P .. ':stats'
@@ -78,8 +117,8 @@ if reservoir_size > 0 then
     redis.call('ZREM', R, out)
     redis.call('HSET', P .. ':ep:' .. out, 'res', 0)
     redis.call('ZADD', P .. ':idx:evictable', out_t, out)
-    local out_n = tonumber(redis.call('HGET', P .. ':ep:' .. out, 'n'))
-    local out_b = tonumber(redis.call('HGET', P .. ':ep:' .. out, 'bytes'))
+    local out_f = acct(out, 'n', 'bytes')
+    local out_n, out_b = tonumber(out_f[1]), tonumber(out_f[2])
     redis.call('HINCRBY', S, 'reservoir:episodes', -1)
     redis.call('HINCRBY', S, 'reservoir:steps', -out_n)
     redis.call('HINCRBY', S, 'reservoir:bytes', -out_b)
@@ -103,7 +142,7 @@ while tonumber(redis.call('HGET', S, 'all:bytes')) > capacity do
   if #popped == 0 then break end
   local vid = popped[1]
   local vk = P .. ':ep:' .. vid
-  local f = redis.call('HMGET', vk, 'n', 'bytes', 'nchunks', 'emb', 'task', 'ok', 'ver', 'src')
+  local f = acct(vid, 'n', 'bytes', 'nchunks', 'emb', 'task', 'ok', 'ver', 'src')
   local vn, vb, vc = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
   for _, p in ipairs({'all', 'emb:' .. f[4], 'task:' .. f[5], 'ok:' .. f[6], 'ver:' .. f[7], 'src:' .. f[8]}) do
     redis.call('ZREM', P .. ':idx:' .. p, vid)
@@ -112,7 +151,7 @@ while tonumber(redis.call('HGET', S, 'all:bytes')) > capacity do
     redis.call('HINCRBY', S, p .. ':bytes', -vb)
   end
   for i = 0, vc - 1 do redis.call('DEL', vk .. ':c:' .. i) end
-  redis.call('DEL', vk, vk .. ':low')
+  redis.call('DEL', vk, vk .. ':low', P .. ':acct:' .. vid)
   redis.call('HINCRBY', S, 'evicted:episodes', 1)
   redis.call('HINCRBY', S, 'evicted:bytes', vb)
   evicted = evicted + 1

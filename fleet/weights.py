@@ -4,7 +4,8 @@ A version is the trainable subset of the policy (safetensors bytes) plus a manif
 size, created, training step, eval figures) signed with HMAC-SHA256 under the fleet secret. The payload and
 manifest live in a directory or any fsspec URL; Redis records every manifest (so an actor that missed an
 announcement converges by polling) and ZeroMQ PUB announces new ones. Version numbers come from Redis INCR:
-never reused, also across learner restarts.
+never reused, also across learner restarts. With CURVE keys (fleet/curve.py) the announcement channel is
+authenticated and encrypted; a subscriber given the fleet secret also drops forged and replayed announcements.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 
@@ -22,9 +24,12 @@ import redis
 import zmq
 from pydantic import BaseModel, Field, ValidationError
 
+from fleet.curve import ClientAllowList, CurveClientKeys, CurveServerKeys, configure_client, configure_server
+
 log = logging.getLogger(__name__)
 
 TOPIC = b"weights"
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 class WeightVerificationError(RuntimeError):
@@ -53,7 +58,8 @@ def sign(manifest: Manifest, secret: bytes) -> Manifest:
 
 def verify_manifest(manifest: Manifest, secret: bytes) -> None:
     expected = hmac.new(secret, manifest.signing_bytes(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, manifest.signature):
+    # the format check first: compare_digest refuses (TypeError) non-ASCII strings
+    if not _SIGNATURE.fullmatch(manifest.signature) or not hmac.compare_digest(expected, manifest.signature):
         raise WeightVerificationError(f"version {manifest.version}: manifest signature does not verify "
                                       "(forged, or signed with another fleet secret)")
 
@@ -130,9 +136,13 @@ class WeightStore:
         m = self.manifest(version)
         h = hashlib.sha256()
         parts = []
+        size = 0
         for chunk in self.iter_chunks(version):
             h.update(chunk)
             parts.append(chunk)
+            size += len(chunk)
+            if size > m.size:  # a swapped-in huge file is refused without holding it all in memory
+                break
         payload = b"".join(parts)
         if len(payload) != m.size or h.hexdigest() != m.sha256:
             raise WeightVerificationError(f"version {version}: payload sha256/size mismatch "
@@ -141,12 +151,23 @@ class WeightStore:
 
 
 class WeightAnnouncer:
-    """Publishes manifests on a ZeroMQ PUB socket (a hint: subscribers also poll Redis)."""
+    """Publishes manifests on a ZeroMQ PUB socket (a hint: subscribers also poll Redis).
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:5556", context: zmq.Context | None = None):
-        self.ctx = context or zmq.Context.instance()
+    ``curve``: serve CURVE (authenticated, encrypted); with an allow-list, a ZAP handler runs on the context (a
+    private one unless ``context`` is given: ZeroMQ has one ZAP handler per context).
+    """
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5556", context: zmq.Context | None = None,
+                 curve: CurveServerKeys | None = None):
+        self._own_ctx = curve is not None and curve.allowed_clients is not None and context is None
+        self.ctx = zmq.Context() if self._own_ctx else context or zmq.Context.instance()
+        self.allow_list = None
+        if curve is not None and curve.allowed_clients is not None:
+            self.allow_list = ClientAllowList(self.ctx, curve.allowed_clients).start()
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            configure_server(self.sock, curve.keypair.secret)
         if endpoint.endswith(":0"):
             port = self.sock.bind_to_random_port(endpoint.rsplit(":", 1)[0])
             endpoint = f"{endpoint.rsplit(':', 1)[0]}:{port}"
@@ -159,17 +180,31 @@ class WeightAnnouncer:
 
     def close(self) -> None:
         self.sock.close(0)
+        if self.allow_list is not None:
+            self.allow_list.stop()
+        if self._own_ctx:
+            self.ctx.term()
 
 
 class WeightSubscriber:
-    """An actor's ear: wakes on announcements, and otherwise polls every ``poll_s`` (missed messages, restarts)."""
+    """An actor's ear: wakes on announcements, and otherwise polls every ``poll_s`` (missed messages, restarts).
 
-    def __init__(self, endpoint: str | None, poll_s: float = 2.0, context: zmq.Context | None = None):
+    ``curve``: connect as a CURVE client. ``secret``: return only announcements signed by the fleet and newer
+    than any returned before (a replayed old announcement is dropped; rollbacks come from the rollout state).
+    """
+
+    def __init__(self, endpoint: str | None, poll_s: float = 2.0, context: zmq.Context | None = None,
+                 curve: CurveClientKeys | None = None, secret: str | bytes | None = None):
         self.poll_s = poll_s
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.newest = 0  # highest version returned so far
+        self.dropped = 0  # announcements dropped: malformed, forged or replayed
         self.sock = None
         if endpoint:
             self.sock = (context or zmq.Context.instance()).socket(zmq.SUB)
             self.sock.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                configure_client(self.sock, curve.keypair.public, curve.keypair.secret, curve.server_public)
             self.sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
             self.sock.connect(endpoint)
 
@@ -180,11 +215,19 @@ class WeightSubscriber:
             time.sleep(timeout)
             return None
         if self.sock.poll(int(timeout * 1000)):
-            _, body = self.sock.recv_multipart()
+            body = self.sock.recv_multipart()[-1]
             try:
-                return parse_manifest(body)
+                m = parse_manifest(body)
+                if self.secret is not None:
+                    verify_manifest(m, self.secret)
+                    if m.version <= self.newest:
+                        raise WeightVerificationError(f"version {m.version} announced after {self.newest}: replayed")
             except WeightVerificationError as e:
-                log.warning("ignored malformed announcement: %s", e)
+                self.dropped += 1
+                log.warning("ignored announcement: %s", e)
+                return None
+            self.newest = max(self.newest, m.version)
+            return m
         return None
 
     def close(self) -> None:

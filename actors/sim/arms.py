@@ -30,6 +30,10 @@ Quat = tuple[float, float, float, float]
 # Collision groups: arm geoms touch the world and objects but not each other.
 ARM_CONTYPE, ARM_CONAFFINITY = 2, 1
 WORLD_CONTYPE, WORLD_CONAFFINITY = 1, 3
+# Stiff contacts between fingers and objects: MuJoCo's default (0.02 s time constant) scales contact stiffness
+# with the objects' mass, and a 50 g cube squeezed by a 15 N gripper would sink centimetres into the fingers.
+GRASP_SOLREF = (0.004, 1.0)  # time constant (s, at least 2 physics steps), damping ratio
+GRASP_SOLIMP = (0.95, 0.99, 0.001, 0.5, 2.0)
 
 
 def quat_from_rpy(roll: float, pitch: float, yaw: float) -> Quat:
@@ -102,9 +106,9 @@ _FRANKA = ArmModel(
         finger_width=0.02,
         finger_thickness=0.012,
         stroke=0.04,
-        grip_force=40.0,
+        grip_force=15.0,
     ),
-    home=(0.0, -0.5, 0.0, -2.3, 0.0, 1.8, 0.785),
+    home=(0.0, -0.31, 0.0, -2.35, 0.0, 2.04, 0.785),  # tool 0.35 m over the table, pointing down
     armature=0.1,
 )
 
@@ -128,9 +132,9 @@ _YAM = ArmModel(
         finger_width=0.02,
         finger_thickness=0.012,
         stroke=0.0475,
-        grip_force=40.0,
+        grip_force=15.0,
     ),
-    home=(0.0, 1.0, 1.0, 0.0, 0.0, 0.0),
+    home=(0.0, 1.6, 1.43, -1.4, 0.0, 0.0),  # tool 0.14 m over the table, pointing down
     armature=0.05,
 )
 
@@ -154,9 +158,9 @@ _SO = ArmModel(
         finger_width=0.014,
         finger_thickness=0.008,
         stroke=0.025,
-        grip_force=10.0,
+        grip_force=4.0,
     ),
-    home=(0.0, -1.2, 1.2, 0.9, 0.0),
+    home=(0.0, -0.26, 0.52, 1.32, 0.0),  # tool 0.09 m over the table, pointing down
     armature=0.002,
 )
 
@@ -265,6 +269,8 @@ def build_arm(
             mass=0.02,
             friction=[1.5, 0.02, 0.002],
             condim=4,
+            solref=list(GRASP_SOLREF),
+            solimp=list(GRASP_SOLIMP),
             contype=ARM_CONTYPE,
             conaffinity=ARM_CONAFFINITY,
         )
@@ -290,7 +296,8 @@ def build_arm(
         actuators.append(act.name)
     for joint in fingers:
         act = spec.add_actuator(name=f"{joint}_servo", target=joint, trntype=mujoco.mjtTrn.mjTRN_JOINT)
-        act.set_to_position(kp=g.grip_force / (0.3 * g.stroke), kv=0.0)
+        # Full force once the finger is held 30% of the stroke short of its target (by the object).
+        act.set_to_position(kp=g.grip_force / (0.3 * g.stroke), dampratio=1.0)
         act.ctrlrange = [0.0, g.stroke]
         act.ctrllimited = mujoco.mjtLimited.mjLIMITED_TRUE
         act.forcerange = [-g.grip_force, g.grip_force]
@@ -308,19 +315,34 @@ def build_arm(
     )
 
 
-def _add_segment(body: mujoco.MjsBody, start: np.ndarray, end: np.ndarray, radius: float, mass: float,
-                 rgba: tuple[float, float, float, float]) -> None:
+def _add_segment(
+    body: mujoco.MjsBody,
+    start: np.ndarray,
+    end: np.ndarray,
+    radius: float,
+    mass: float,
+    rgba: tuple[float, float, float, float],
+) -> None:
     """A capsule from `start` to `end` (a sphere when they nearly coincide), colliding with the world."""
     common = dict(rgba=list(rgba), mass=mass, contype=ARM_CONTYPE, conaffinity=ARM_CONAFFINITY)
     if np.linalg.norm(end - start) < 1e-3:
         body.add_geom(type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[radius, 0, 0], pos=list(start), **common)
     else:
-        body.add_geom(type=mujoco.mjtGeom.mjGEOM_CAPSULE, size=[radius, 0, 0],
-                      fromto=[*start.tolist(), *end.tolist()], **common)
+        body.add_geom(
+            type=mujoco.mjtGeom.mjGEOM_CAPSULE,
+            size=[radius, 0, 0],
+            fromto=[*start.tolist(), *end.tolist()],
+            **common,
+        )
 
 
-def tune_servos(model: mujoco.MjModel, data: mujoco.MjData, actuator_ids: np.ndarray, natural_hz: float,
-                damping_ratio: float = 1.0) -> None:
+def tune_servos(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    actuator_ids: np.ndarray,
+    natural_hz: float,
+    damping_ratio: float = 1.0,
+) -> None:
     """Set each joint servo's stiffness from the joint's inertia at the current pose.
 
     kp = m * (2 pi f)^2 and kv = 2 zeta sqrt(kp m), with m the joint's diagonal entry of the mass matrix: every
@@ -328,7 +350,7 @@ def tune_servos(model: mujoco.MjModel, data: mujoco.MjData, actuator_ids: np.nda
     """
     mujoco.mj_forward(model, data)
     mass = np.zeros((model.nv, model.nv))
-    mujoco.mj_fullM(model, mass, data.qM)
+    mujoco.mj_fullM(model, data, mass)
     omega = 2 * np.pi * natural_hz
     for a in actuator_ids:
         dof = model.jnt_dofadr[model.actuator_trnid[a, 0]]

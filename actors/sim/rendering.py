@@ -17,11 +17,30 @@ import numpy as np
 HIDDEN_GROUP = 3
 
 
+def _gl_context_class() -> type:
+    """The GL context to render with: EGL unless MUJOCO_GL asks for another backend.
+
+    MuJoCo picks `mujoco.GLContext` from MUJOCO_GL when it is first imported; a process that imported mujoco
+    before `actors.sim` set the default would otherwise be stuck with GLFW, which needs a display.
+    """
+    if os.environ.get("MUJOCO_GL", "egl").lower() == "egl":
+        from mujoco.egl import GLContext
+
+        return GLContext
+    return mujoco.GLContext
+
+
 class CameraRenderer:
     """Renders a fixed list of model cameras at one image size."""
 
-    def __init__(self, model: mujoco.MjModel, cameras: tuple[str, ...], height: int, width: int,
-                 depth_camera: str | None) -> None:
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        cameras: tuple[str, ...],
+        height: int,
+        width: int,
+        depth_camera: str | None,
+    ) -> None:
         if height > model.vis.global_.offheight or width > model.vis.global_.offwidth:
             raise ValueError(
                 f"image {height}x{width} exceeds the offscreen buffer "
@@ -38,9 +57,11 @@ class CameraRenderer:
             raise ValueError(f"depth camera {depth_camera!r} is not among {cameras}")
         self.depth_camera = depth_camera
         self.height, self.width = height, width
-        self._gl = mujoco.GLContext(width, height)
+        self._gl = _gl_context_class()(width, height)
         self._gl.make_current()
-        self._con: mujoco.MjrContext | None = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100.value)
+        self._con: mujoco.MjrContext | None = mujoco.MjrContext(
+            model, mujoco.mjtFontScale.mjFONTSCALE_100.value
+        )
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
         self._con.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
         self._scene = mujoco.MjvScene(model, maxgeom=max(500, 4 * model.ngeom))
@@ -66,8 +87,15 @@ class CameraRenderer:
         depth = None
         for name, cid in self._cam_ids.items():
             self._camera.fixedcamid = cid
-            mujoco.mjv_updateScene(self._model, data, self._option, None, self._camera,
-                                   mujoco.mjtCatBit.mjCAT_ALL.value, self._scene)
+            mujoco.mjv_updateScene(
+                self._model,
+                data,
+                self._option,
+                None,
+                self._camera,
+                mujoco.mjtCatBit.mjCAT_ALL.value,
+                self._scene,
+            )
             mujoco.mjr_render(self._rect, self._scene, self._con)
             want_depth = name == self.depth_camera
             mujoco.mjr_readPixels(self._rgb, self._zbuf if want_depth else None, self._rect, self._con)

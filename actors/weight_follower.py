@@ -1,0 +1,91 @@
+"""Hot swap on the actor side: keep one robot on the version the rollout assigns it, without stopping its loop.
+
+A background thread wakes on a weight announcement (ZeroMQ) or every poll interval (missed announcements,
+restarts, partitions), reads the rollout state from Redis, and when the robot's target version differs from
+what it runs: fetches the version in chunks, verifies sha256 and signature (a bad version is rejected, logged,
+counted, and never retried; the old one keeps running), loads it into a standby copy of the policy, and hands
+that copy to the actor, which switches between two chunks. The client it replaced is kept as the standby, so
+going back one version (a rollback) is a swap with no fetch at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+
+from actors.policy_client import InProcessPolicyClient, PolicyClient
+from actors.runtime import RobotActor
+from fleet.status import StatusBoard
+from fleet.weights import WeightStore, WeightSubscriber, WeightVerificationError
+
+log = logging.getLogger(__name__)
+
+
+class WeightFollower:
+    def __init__(self, actor: RobotActor, weights: WeightStore, board: StatusBoard, subscriber: WeightSubscriber):
+        self.actor = actor
+        self.weights = weights
+        self.board = board
+        self.sub = subscriber
+        self.rejected: set[int] = set()
+        self.swaps = 0
+        self.last_error = ""
+        self._standby: PolicyClient | None = None  # the client swapped out last (instant rollback)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WeightFollower:
+        self._thread = threading.Thread(target=self._run, name=f"weights-{self.actor.robot_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sub.close()
+        if self._standby is not None:
+            self._standby.close()
+
+    def target(self) -> int:
+        return self.board.rollout_state().target_version(self.actor.robot_id)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as e:  # Redis away, store unreachable: keep running the current version, retry
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("%s: weight sync failed (%s); still on v%d", self.actor.robot_id, self.last_error,
+                            self.actor.policy_version)
+            self.sub.wait()
+
+    def sync(self) -> bool:
+        """Bring the actor to its target version; True if a swap was made."""
+        target = self.target()
+        current = self.actor.policy_version
+        if target == current or target in self.rejected:
+            return False
+        client = self.actor.worker.client
+        if not isinstance(client, InProcessPolicyClient):  # a policy server holds the versions: re-route
+            self.actor.swap_policy(None, target).result(timeout=60)
+            self.swaps += 1
+            return True
+        standby = self._standby if self._standby is not None and self._standby.version == target else None
+        if standby is None:
+            try:
+                _, payload = self.weights.fetch(target)
+            except WeightVerificationError as e:
+                self.rejected.add(target)
+                self.last_error = str(e)
+                log.error("%s: rejected version %d: %s; still on v%d", self.actor.robot_id, target, e, current)
+                return False
+            standby = self._standby if self._standby is not None else InProcessPolicyClient(
+                copy.deepcopy(client.policy), version=current)
+            standby.load_weights(payload, target)
+        released = self.actor.swap_policy(standby, target).result(timeout=60)
+        self._standby = released if isinstance(released, PolicyClient) and released is not standby else None
+        self.swaps += 1
+        log.info("%s: now running v%d (was v%d)", self.actor.robot_id, target, current)
+        return True
