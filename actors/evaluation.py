@@ -1,7 +1,8 @@
 """Held-out evaluation: run a policy on fixed scene seeds with no supervisor and no real-time clock.
 
-This is how versions are compared on equal terms (same tasks, same seeds, no interventions). It executes each
-chunk's first ``execute_fraction`` of actions before asking again, as the actor's queue threshold does.
+This is how versions are compared on equal terms (same tasks, same seeds, no interventions). All seeds run side
+by side, one env each, and every round asks the policy for all live episodes' chunks in one batch; each chunk's
+first ``execute_fraction`` of actions run before the next round, as the actor's queue threshold does.
 """
 
 from __future__ import annotations
@@ -15,24 +16,30 @@ from actors.sim.env import FleetSimEnv
 
 def evaluate(client: PolicyClient, embodiment: str, task: str, seeds: Iterable[int], image_size: int = 96,
              execute_fraction: float = 0.5) -> list[bool]:
-    """Success of one episode per seed."""
+    """Success of one episode per seed, in the order of ``seeds``."""
     emb = get_embodiment(embodiment)
-    env = FleetSimEnv(emb.name, task, image_size=image_size, render=True)
-    results = []
+    seeds = list(seeds)
+    envs = [FleetSimEnv(emb.name, task, image_size=image_size, render=True) for _ in seeds]
     try:
-        for seed in seeds:
-            obs, info = env.reset(seed=seed)
-            instruction = env.unwrapped.instruction
-            success, done = False, False
-            while not done:
-                chunk = client.infer(client.sample_from(obs, instruction, emb.norm_tag))
+        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
+        instructions = [env.unwrapped.instruction for env in envs]
+        success = [False] * len(envs)
+        live = list(range(len(envs)))
+        while live:
+            chunks = client.infer_batch([client.sample_from(obs[i], instructions[i], emb.norm_tag) for i in live])
+            still = []
+            for i, chunk in zip(live, chunks, strict=True):
+                done = False
                 for action in chunk[: max(1, int(len(chunk) * execute_fraction))]:
-                    obs, _, terminated, truncated, info = env.step(action)
-                    success = success or bool(info.get("success"))
-                    done = success or terminated or truncated
+                    obs[i], _, terminated, truncated, info = envs[i].step(action)
+                    success[i] = success[i] or bool(info.get("success"))
+                    done = success[i] or terminated or truncated
                     if done:
                         break
-            results.append(success)
+                if not done:
+                    still.append(i)
+            live = still
+        return success
     finally:
-        env.close()
-    return results
+        for env in envs:
+            env.close()

@@ -59,6 +59,10 @@ class PolicyClient(ABC):
     def infer(self, sample: PolicySample) -> np.ndarray:
         """(horizon, action_dim) float32 absolute joint targets in real units, for the sample's step onwards."""
 
+    def infer_batch(self, samples: list[PolicySample]) -> list[np.ndarray]:
+        """Several samples at once (evaluation); clients that can batch override this."""
+        return [self.infer(s) for s in samples]
+
     def load_weights(self, weights: Mapping[str, Any] | bytes, version: int) -> None:
         """Load new (trainable) tensors, a name -> tensor mapping or a `policy.checkpoint.trainable_bytes`
         blob, and run as ``version`` from the next chunk on."""
@@ -91,6 +95,10 @@ class InProcessPolicyClient(PolicyClient):
     def infer(self, sample: PolicySample) -> np.ndarray:
         chunk = self.policy.predict_actions(sample, generator=self._generator)
         return np.asarray(chunk, dtype=np.float32)
+
+    def infer_batch(self, samples: list[PolicySample]) -> list[np.ndarray]:
+        chunks = self.policy.predict_actions(list(samples), generator=self._generator)
+        return [np.asarray(c, dtype=np.float32) for c in chunks]
 
     def load_weights(self, weights: Mapping[str, Any] | bytes, version: int) -> None:
         import torch

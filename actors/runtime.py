@@ -174,6 +174,7 @@ class RobotActor:
         self.starved_ticks = 0
         self.stale_actions = 0
         self.chunks = 0
+        self.rejected_versions = 0  # weight versions refused (verification or load): set by the weight follower
         self._closed = False
 
     # ------------------------------------------------------------------------------------------ public
@@ -404,6 +405,7 @@ class RobotActor:
             episodes_sent=self.spool.delivered if self.spool is not None else self.episodes,
             spool_backlog=len(self.spool.pending()) if self.spool is not None else 0,
             swaps=self.worker.swaps,
+            rejected_versions=self.rejected_versions,
         )
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 A background thread wakes on a weight announcement (ZeroMQ) or every poll interval (missed announcements,
 restarts, partitions), reads the rollout state from Redis, and when the robot's target version differs from
-what it runs: fetches the version in chunks, verifies sha256 and signature (a bad version is rejected, logged,
-counted, and never retried; the old one keeps running), loads it into a standby copy of the policy, and hands
+what it runs: fetches the version in chunks, verifies sha256 and signature (a bad version, or one that does not
+load into this model, is rejected, logged, counted in the heartbeat, recorded on the status board, and never
+retried; the old one keeps running), loads it into a standby copy of the policy, and hands
 that copy to the actor, which switches between two chunks. The client it replaced is kept as the standby, so
 going back one version (a rollback) is a swap with no fetch at all.
 """
@@ -16,7 +17,7 @@ import threading
 
 from actors.policy_client import InProcessPolicyClient, PolicyClient
 from actors.runtime import RobotActor
-from fleet.status import StatusBoard
+from fleet.status import StatusBoard, VersionEvent
 from fleet.weights import WeightStore, WeightSubscriber, WeightVerificationError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,18 @@ class WeightFollower:
     def target(self) -> int:
         return self.board.rollout_state().target_version(self.actor.robot_id)
 
+    def _reject(self, version: int, reason: str, current: int) -> None:
+        self.rejected.add(version)
+        self.actor.rejected_versions = len(self.rejected)  # reported in the actor's heartbeats
+        self.last_error = reason
+        log.error("%s: rejected version %d: %s; still on v%d", self.actor.robot_id, version, reason, current)
+        try:
+            self.board.version_event(VersionEvent(version=version, kind="rejected",
+                                                  embodiment=self.actor.embodiment.name,
+                                                  detail=f"{self.actor.robot_id}: {reason}"[:500]))
+        except Exception as e:  # the board is a report; the rejection itself stands without it
+            log.warning("%s: could not record the rejection of v%d: %s", self.actor.robot_id, version, e)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -77,13 +90,18 @@ class WeightFollower:
             try:
                 _, payload = self.weights.fetch(target)
             except WeightVerificationError as e:
-                self.rejected.add(target)
-                self.last_error = str(e)
-                log.error("%s: rejected version %d: %s; still on v%d", self.actor.robot_id, target, e, current)
+                self._reject(target, str(e), current)
                 return False
             standby = self._standby if self._standby is not None else InProcessPolicyClient(
                 copy.deepcopy(client.policy), version=current)
-            standby.load_weights(payload, target)
+            try:
+                # checks format, architecture, names and shapes before touching a weight: on failure the
+                # standby still holds its old version intact
+                standby.load_weights(payload, target)
+            except Exception as e:  # signed and intact but not for this model: retrying cannot fix it
+                self._standby = standby  # still its old version, whole: reusable
+                self._reject(target, f"does not load: {type(e).__name__}: {e}", current)
+                return False
         released = self.actor.swap_policy(standby, target).result(timeout=60)
         self._standby = released if isinstance(released, PolicyClient) and released is not standby else None
         self.swaps += 1

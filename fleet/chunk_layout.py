@@ -102,13 +102,25 @@ class FrameLayout:
     depth_spans: np.ndarray | None = None  # (T, 2) uint32, as spans
 
     @classmethod
-    def from_walks(cls, walks: list[ChunkWalk], shapes: dict[str, tuple[int, ...]]) -> FrameLayout | None:
-        """None unless every chunk has one encoding, the same cameras, and all but the last the same length."""
+    def from_walks(
+        cls, walks: list[ChunkWalk], shapes: dict[str, tuple[int, ...]], max_side: int
+    ) -> FrameLayout | None:
+        """None unless every chunk has one encoding, the same cameras, one depth shape (sides up to
+        ``max_side``: a reader allocates by it), and all but the last the same length."""
         if not walks or not all(type(w.head.get(k)) is int for w in walks for k in ("start", "stop")):
             return None
         first = walks[0].head
-        if walks[0].depth is not None and not isinstance(first.get("depth_shape"), list):
+        if "" in walks[0].spans:  # "" names depth in streams()
             return None
+        if walks[0].depth is not None:
+            ds = first.get("depth_shape")
+            if (
+                not isinstance(ds, list)
+                or len(ds) != 2
+                or not all(type(x) is int and 0 < x <= max_side for x in ds)
+                or any(w.head.get("depth_shape") != ds for w in walks)
+            ):
+                return None
         steps = int(first["stop"]) - int(first["start"])  # type: ignore[call-overload]
         for i, w in enumerate(walks):
             n = int(w.head["stop"]) - int(w.head["start"])  # type: ignore[call-overload]

@@ -63,6 +63,10 @@ def services(config: ConfigOpt = None, set_: SetOpt = None,
         _wait(seconds)
 
 
+def _exit_on_sigterm(*_: object) -> None:
+    raise SystemExit(143)
+
+
 def _wait(seconds: float) -> None:
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -132,6 +136,7 @@ def demo(
     """A small simulated mixed fleet (Franka, YAM, SO-101) that improves its own policy while you watch."""
     from fleet.demo import run_demo
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds every with-block: Ray, actors, redis stop
     cfg = load_config(config, set_)
     summary = run_demo(cfg, minutes, console, demos_per_robot=demos, warm_steps=warm_steps,
                        eval_episodes=eval_episodes, inject=inject)

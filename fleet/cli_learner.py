@@ -39,8 +39,13 @@ def embodiment_tables() -> tuple[dict[str, str], dict[str, int], dict]:
     return tags, horizons, schemas()
 
 
-def run_learner(cfg: FleetConfig, stop: threading.Event, max_steps: int | None = None,
-                minutes: float | None = None, wait_s: float = 3600.0) -> object:
+def run_learner(
+    cfg: FleetConfig,
+    stop: threading.Event,
+    max_steps: int | None = None,
+    minutes: float | None = None,
+    wait_s: float = 3600.0,
+) -> object:
     """Compose and run the continual learner until ``stop``/limits; returns its LearnerSummary.
 
     Used by `fleet learner` (main thread, signals set ``stop``) and the orchestrator's Ray actor (a thread).
@@ -66,11 +71,21 @@ def run_learner(cfg: FleetConfig, stop: threading.Event, max_steps: int | None =
                 stop.wait(2.0)
         sink, announcer = _weight_sink(cfg, client, ckpt)
         tracker = Tracker(cfg.mlflow, data_dir)
-        learner_ = Learner(store, policy, cfg.learner, sink, checkpoint_dir=ckpt, tracker=tracker,
-                           board=StatusBoard(client, cfg.replay.prefix), norm_tags=norm_tags)
+        learner_ = Learner(
+            store,
+            policy,
+            cfg.learner,
+            sink,
+            checkpoint_dir=ckpt,
+            tracker=tracker,
+            board=StatusBoard(client, cfg.replay.prefix),
+            norm_tags=norm_tags,
+        )
         status = "FAILED"
         try:
-            summary = learner_.run(max_steps=max_steps, max_seconds=minutes * 60 if minutes else None, stop=stop)
+            summary = learner_.run(
+                max_steps=max_steps, max_seconds=minutes * 60 if minutes else None, stop=stop
+            )
             status = "FINISHED" if not stop.is_set() else "KILLED"
             return summary
         finally:
@@ -81,8 +96,11 @@ def run_learner(cfg: FleetConfig, stop: threading.Event, max_steps: int | None =
 
 
 def learner(
-    config: ConfigOpt = None, set_: SetOpt = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps (all time)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="stop after this many optimizer steps (all time)")
+    ] = None,
     minutes: Annotated[float | None, typer.Option(help="stop after this long")] = None,
     wait_s: Annotated[float, typer.Option(help="how long to wait for the first episodes")] = 3600.0,
 ) -> None:
@@ -106,8 +124,10 @@ def _weight_sink(cfg: FleetConfig, client: object, ckpt: Path) -> tuple[object, 
     secret = cfg.weights.secret()
     if not secret:
         path = ckpt / "versions"
-        console.print(f"[yellow]no fleet secret ({cfg.weights.secret_env}): versions go to {path}, unsigned and "
-                      "unannounced; actors will not see them[/]")
+        console.print(
+            f"[yellow]no fleet secret ({cfg.weights.secret_env}): versions go to {path}, unsigned and "
+            "unannounced; actors will not see them[/]"
+        )
         return DirectoryWeightSink(path), None
     from fleet import curve
     from fleet.weights import WeightAnnouncer, WeightStore
@@ -116,16 +136,26 @@ def _weight_sink(cfg: FleetConfig, client: object, ckpt: Path) -> tuple[object, 
     # without CURVE, announce on loopback only: remote actors still converge by polling Redis
     host = "*" if keys is not None else "127.0.0.1"
     announcer = WeightAnnouncer(f"tcp://{host}:{cfg.weights.pub_port}", curve=keys)
-    store = WeightStore(cfg.weights.store_url, secret, client, prefix=cfg.replay.prefix,
-                        chunk_bytes=int(cfg.weights.chunk_mb * 2**20))
+    store = WeightStore(
+        cfg.weights.store_url,
+        secret,
+        client,
+        prefix=cfg.replay.prefix,
+        chunk_bytes=int(cfg.weights.chunk_mb * 2**20),
+    )
     return WeightStoreSink(store, announcer, mode=cfg.learner.finetune), announcer
 
 
 def export(
-    out: Annotated[Path, typer.Argument(help="new directory: one LeRobot v3 dataset per embodiment under it")],
-    config: ConfigOpt = None, set_: SetOpt = None,
+    out: Annotated[
+        Path, typer.Argument(help="new directory: one LeRobot v3 dataset per embodiment under it")
+    ],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     hours: Annotated[float | None, typer.Option(help="only episodes that ended in the last N hours")] = None,
-    source: Annotated[list[str] | None, typer.Option(help="episode sources to export (default: fleet)")] = None,
+    source: Annotated[
+        list[str] | None, typer.Option(help="episode sources to export (default: fleet)")
+    ] = None,
     embodiment: Annotated[list[str] | None, typer.Option(help="only these embodiments")] = None,
     success_only: Annotated[bool, typer.Option(help="only successful episodes")] = False,
     video: Annotated[bool, typer.Option(help="camera features as H.264 video instead of PNG images")] = False,
@@ -136,9 +166,15 @@ def export(
     cfg = FleetConfig.load(config, set_)
     with redis_for(cfg.redis, cfg.path("redis"), prefix=cfg.replay.prefix) as (client, _):
         store = ReplayStore(client, cfg.replay)
-        reports = export_fleet(store, out, since=time.time() - hours * 3600 if hours else None,
-                               sources=tuple(source or ["fleet"]), success_only=success_only, video=video,
-                               embodiments=embodiment)
+        reports = export_fleet(
+            store,
+            out,
+            since=time.time() - hours * 3600 if hours else None,
+            sources=tuple(source or ["fleet"]),
+            success_only=success_only,
+            video=video,
+            embodiments=embodiment,
+        )
         store.close()
     for r in reports:
         console.print(f"{r.embodiment}: {r.episodes} episodes, {r.frames} frames -> {r.root}")
@@ -147,12 +183,19 @@ def export(
 
 
 def rehearsal(
-    dataset: Annotated[Path, typer.Argument(help="local LeRobot v3 dataset directory (meta/info.json inside)")],
-    embodiment: Annotated[str | None, typer.Option(help="our embodiment name (default: the dataset's robot_type)")] = None,
-    camera: Annotated[list[str] | None, typer.Option(help="theirs=ours camera mapping, main camera first")] = None,
+    dataset: Annotated[
+        Path, typer.Argument(help="local LeRobot v3 dataset directory (meta/info.json inside)")
+    ],
+    embodiment: Annotated[
+        str | None, typer.Option(help="our embodiment name (default: the dataset's robot_type)")
+    ] = None,
+    camera: Annotated[
+        list[str] | None, typer.Option(help="theirs=ours camera mapping, main camera first")
+    ] = None,
     task: Annotated[str | None, typer.Option(help="task name to file the episodes under")] = None,
     image_size: Annotated[int | None, typer.Option(help="resize frames to this square side")] = None,
-    config: ConfigOpt = None, set_: SetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Import a LeRobot v3 dataset into the replay store as a rehearsal pool (source=rehearsal)."""
     from learner.lerobot_io import import_lerobot_dataset
@@ -162,7 +205,14 @@ def rehearsal(
     _, _, schemas = embodiment_tables()
     with redis_for(cfg.redis, cfg.path("redis"), prefix=cfg.replay.prefix) as (client, _):
         store = ReplayStore(client, cfg.replay, schemas=schemas)
-        report = import_lerobot_dataset(store, dataset, embodiment=embodiment, cameras=cameras, task=task,
-                                        image_size=image_size)
+        report = import_lerobot_dataset(
+            store,
+            dataset,
+            embodiment=embodiment,
+            cameras=cameras,
+            task=task,
+            image_size=image_size,
+            source="rehearsal",
+        )
         store.close()
     console.print_json(json.dumps({**report.__dict__}))

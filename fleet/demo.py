@@ -17,6 +17,7 @@ Part of the composition root (with fleet/cli*.py and fleet/orchestrator.py).
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import threading
@@ -36,7 +37,7 @@ from fleet.orchestrator import Orchestrator
 from fleet.redis_server import free_port, redis_for
 from fleet.replay import ReplayStore
 from fleet.status import StatusBoard
-from fleet.weights import WeightAnnouncer, WeightStore
+from fleet.weights import WeightStore
 
 DEMO_ROBOTS = [
     ActorSpec(robot_id="franka-01", embodiment="franka", task="reach"),
@@ -56,6 +57,7 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     cfg.actors.robots = list(base.actors.robots) or list(DEMO_ROBOTS)
     cfg.rollout.min_canary_episodes = min(cfg.rollout.min_canary_episodes, 5)
     cfg.learner.publish_every_steps = min(cfg.learner.publish_every_steps, 60)
+    cfg.rollout.canary_timeout_s = min(cfg.rollout.canary_timeout_s, 45.0)
     return cfg
 
 
@@ -63,8 +65,11 @@ def degrade(payload: bytes, scale: float = 3.0, seed: int = 0) -> bytes:
     """A plausible but bad version: the same tensors with large noise (what a diverged run might publish)."""
     rng = np.random.default_rng(seed)
     tensors = st_load(payload)
+    # keep the header metadata (format, mode, architecture hash): without it no actor would load the version
+    # and the gate would never see it run
+    meta = json.loads(payload[8 : 8 + int.from_bytes(payload[:8], "little")]).get("__metadata__")
     return st_save({k: (v + scale * v.std() * rng.standard_normal(v.shape)).astype(v.dtype)
-                    if v.dtype.kind == "f" and v.size > 1 else v for k, v in tensors.items()})
+                    if v.dtype.kind == "f" and v.size > 1 else v for k, v in tensors.items()}, metadata=meta)
 
 
 class DemoRun:
@@ -105,28 +110,36 @@ class DemoRun:
         return sum(done)
 
     def warm_start(self, client: Any, store: ReplayStore, weights: WeightStore) -> int:
+        """Fit the whole tiny model to the demonstrations, save it as the fleet's base checkpoint (what actors
+        load and the learner continues from), and publish its trainable subset as the first version."""
         from fleet.cli_learner import embodiment_tables
         from learner.bootstrap import open_policy
         from learner.continual import Learner
-        from learner.publish import WeightStoreSink
+        from learner.publish import DirectoryWeightSink
+        from learner.tracking import FleetRegistry, Tracker
+        from policy.checkpoint import save_checkpoint, trainable_bytes
 
         norm_tags, horizons, _ = embodiment_tables()
         ckpt = self.cfg.path(self.cfg.learner.checkpoint_dir)
-        policy = open_policy(store, self.cfg.learner, ckpt, horizons=horizons, norm_tags=norm_tags)
-        announcer = WeightAnnouncer(f"tcp://127.0.0.1:{self.cfg.weights.pub_port}")
-        learner = Learner(store, policy, self.cfg.learner, WeightStoreSink(weights, announcer,
-                                                                           mode=self.cfg.learner.finetune),
-                          checkpoint_dir=ckpt, board=StatusBoard(client, self.cfg.replay.prefix), norm_tags=norm_tags)
+        # the backbone learns here only: fleet fine-tuning then trains (and hot swap ships) cfg.learner.finetune
+        warm_cfg = self.cfg.learner.model_copy(update={"finetune": "full", "publish_every_steps": 10**9})
+        policy = open_policy(store, warm_cfg, ckpt / "warm", horizons=horizons, norm_tags=norm_tags)
+        learner = Learner(store, policy, warm_cfg, DirectoryWeightSink(ckpt / "warm" / "versions"),
+                          checkpoint_dir=ckpt / "warm", board=StatusBoard(client, self.cfg.replay.prefix),
+                          norm_tags=norm_tags, tracker=Tracker(self.cfg.mlflow, self.root), run_name="warm-start")
         try:
-            learner.run(max_steps=self.warm_steps)
-            version = learner.cycle() if learner.last_version is None or learner.global_step % \
-                self.cfg.learner.publish_every_steps else learner.last_version
-            learner.checkpoint()
+            summary = learner.run(max_steps=self.warm_steps)
         finally:
             learner.close()
-            announcer.close()
-        assert version is not None
-        return version
+        mode = self.cfg.learner.finetune
+        policy.set_finetune_mode(mode)
+        policy.config.finetune.mode = mode
+        save_checkpoint(ckpt / "base", policy)
+        m = weights.publish(trainable_bytes(policy, mode), step=summary.steps, mode=mode,
+                            figures={"warm_start_loss": float(summary.last_loss)})
+        FleetRegistry(self.cfg.mlflow, self.root).register(m.version, str(ckpt / "base"), None,
+                                                           {"source": "warm-start"})
+        return m.version
 
     def evaluate(self, weights: WeightStore, version: int) -> dict[str, float]:
         from actors.evaluation import evaluate
@@ -194,6 +207,9 @@ class DemoRun:
     # ------------------------------------------------------------------------------------------ run
 
     def run(self) -> dict[str, Any]:
+        import torch
+
+        torch.set_num_threads(1)  # the driver trains the warm start and evaluates beside the fleet's processes
         started = time.time()
         cfg = self.cfg
         with redis_for(cfg.redis, cfg.path("redis"), prefix=cfg.replay.prefix) as (client, server):

@@ -367,7 +367,7 @@ def parse_encoded(blob: bytes, *, views: bool = False) -> EncodedEpisode:
                 raise EpisodeError(f"{_short(cam)}: image shape changes from {list(cameras[cam])} to {list(shape)}")
         has_depth, depth_shape = "depth" in head, head.get("depth_shape")
         bounds.append((head["start"], head["stop"]))
-    layout = None if None in walks else FrameLayout.from_walks(walks, cameras)  # type: ignore[arg-type]
+    layout = None if None in walks else FrameLayout.from_walks(walks, cameras, MAX_IMAGE_SIDE)  # type: ignore[arg-type]
     if not views:
         chunks = [bytes(c) for c in chunks]
     return EncodedEpisode(meta, low, msgpack.packb(top["low"], use_bin_type=True), chunks, bounds, cameras, has_depth,

@@ -102,6 +102,14 @@ class LearnerHost:
 
     def __init__(self, cfg_json: str):
         logging.basicConfig(level=logging.WARNING)
+        # Ray workers inherit the driver's environment: a process group the driver made (a warm start) must
+        # not make this one rendezvous on the driver's port
+        for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(k, None)
+        import torch
+
+        # one intra-op thread: on a shared CPU host more threads contend with the actors and train slower
+        torch.set_num_threads(max(1, int(os.environ.get("MOLMOFLEET_LEARNER_THREADS", "1"))))
         self.cfg = FleetConfig.model_validate_json(cfg_json)
         self.stop_event = threading.Event()
         self.summary: Any = None

@@ -49,7 +49,7 @@ from fleet.episode import (
 from fleet.replay_scripts import APPEND
 
 _FETCH_GROUPS = 4  # round trips per sampled batch: decoding of one overlaps the fetch of the next
-_STAGE_TTL_S = 3600  # staged payloads of an append cut off before its script are removed after this, s
+_STAGE_TTL_S = 600  # staged payloads of an append cut off before its script are removed after this, s
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ class ReplayStore:
         m = enc.meta
         bucket = int(m.end_time // self.cfg.stats_bucket_s * self.cfg.stats_bucket_s)
         chunk_steps = enc.chunk_bounds[0][1] - enc.chunk_bounds[0][0] if enc.chunk_bounds else 0
-        stage = f"{self.p}:stage:{m.episode_id}:{random.getrandbits(64):016x}"  # per attempt: retries never mix
+        # staging names per attempt: concurrent retries of one episode never consume each other's payloads
+        stage = f"{self.p}:stage:{m.episode_id}:{random.getrandbits(64):016x}"
         args = [
             self.p, m.episode_id, m.model_dump_json(), enc.num_steps, enc.nbytes, m.embodiment, m.task,
             int(m.success), m.policy_version, m.source, m.robot_id, m.end_time, m.interventions, bucket,

@@ -2,7 +2,7 @@
 a retried append is a no-op, and eviction, reservoir and byte accounting move together with the insert.
 
 The payloads (chunks, low-dim arrays) do not go through the script: copying megabytes into Lua strings and
-back costs more than the rest of an append. The store SETs them under staging keys ``P:stage:{id}:{token}:*``
+back costs more than the rest of an append. The store SETs them under staging keys ``P:stage:{id}:{attempt}:*``
 (with a TTL) in the same pipeline, just before the script, which RENAMEs them into place (no copy) or, for a
 retry, deletes them. Nothing is visible before the script runs. Not one MULTI/EXEC: with AOF on, a
 transaction's megabytes pile up in one append-only buffer that Redis grows (and copies) a megabyte at a time;

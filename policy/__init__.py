@@ -1,1 +1,15 @@
-"""molmofleet policy."""
+"""molmofleet policy: the MolmoAct2 model library (no robots, sockets or Redis; torch, transformers,
+tokenizers, safetensors, numpy).
+
+    config.py             MolmoAct2Config (mirrors the released config.json) with tiny() / molmoact2() presets
+    prompt_tokenizer.py   text vocabulary: byte-level tokenizer + state/action/depth special tokens
+    normalization.py      per-embodiment norm_stats.json (q01/q99 -> [-1, 1])
+    openfast.py           OpenFAST action tokenizer (DCT, scale, round, byte-level BPE)
+    processor.py          PolicySample and collate: the input transform actors and learner share
+    vision.py             SigLIP2 encoder + 2x2 attention pooling + SwiGLU connector
+    backbone.py           Qwen3 decoder, image-bidirectional attention mask, KV-cache PrefixState
+    action_expert.py      flow-matching DiT, block i cross-attends LLM layer i's KV
+    modeling_molmoact2.py MolmoAct2Policy: loss, predict_actions, fine-tuning modes
+    checkpoint.py         our checkpoints, the released HF layout, trainable subsets for hot swap
+    released_layout.py    released parameter names and config fields, mapped onto ours
+"""

@@ -29,5 +29,10 @@ $PIP install -q torch==2.13.0
 $PIP install -q -c constraints.txt -e ".[dev]"
 # lerobot 0.4.4 caps torch<2.11: install it without deps, then its runtime deps minus torch/torchvision/torchcodec.
 $PIP install -q -c constraints.txt -r requirements-lerobot.txt
-$PIP install -q --no-deps lerobot==0.4.4 torchvision==0.28.0
+$PIP install -q --no-deps lerobot==0.4.4
+# torchvision 0.28 (lerobot's image transforms) is a CUDA build: in the venv it would break every transformers
+# import, so it lives in a private directory that only learner/lerobot_compat.py puts on sys.path.
+$PIP uninstall -q -y torchvision 2>/dev/null || true
+TV_DIR=${MOLMOFLEET_TORCHVISION_DIR:-$HOME/.cache/molmofleet/torchvision-0.28}
+[ -d "$TV_DIR/torchvision" ] || $PIP install -q --no-deps --target "$TV_DIR" torchvision==0.28.0
 echo "installed into $VENV"

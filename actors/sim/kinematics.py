@@ -36,7 +36,7 @@ def rotation_angle(qa: np.ndarray, qb: np.ndarray) -> float:
 class ArmIK:
     """Inverse kinematics of one arm of a scene."""
 
-    def __init__(self, scene: Scene, arm: int, rot_weight: float = 0.3, damping: float = 0.02) -> None:
+    def __init__(self, scene: Scene, arm: int, rot_weight: float = 0.3, damping: float = 0.01) -> None:
         self.scene, self.arm = scene, arm
         self.model = scene.model
         self.scratch = mujoco.MjData(scene.model)
@@ -66,7 +66,7 @@ class ArmIK:
         return pos, q
 
     def solve(
-        self, pos: np.ndarray, quat: np.ndarray, seed: np.ndarray, iters: int = 40, tol: float = 2e-4
+        self, pos: np.ndarray, quat: np.ndarray, seed: np.ndarray, iters: int = 40, tol: float = 5e-4
     ) -> tuple[np.ndarray, float]:
         """Joint positions (n,) reaching (pos, quat) from `seed`, and the remaining weighted error."""
         m, d = self.model, self.scratch
@@ -84,8 +84,8 @@ class ArmIK:
             mujoco.mju_mat2Quat(cur, d.site_xmat[self.site])
             mujoco.mju_subQuat(rot_err, quat, cur)  # in the TCP frame
             err = np.concatenate([pos - x, self.rot_weight * (mat @ rot_err)])
-            err_norm = float(np.linalg.norm(err))
-            if err_norm < tol:
+            prev, err_norm = err_norm, float(np.linalg.norm(err))
+            if err_norm < tol or err_norm > 0.97 * prev:  # done, or stalled (a limit or an unreachable pose)
                 break
             mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self.site)
             jac = np.vstack([self._jacp[:, self.dadr], self.rot_weight * self._jacr[:, self.dadr]])  # (6, n)
