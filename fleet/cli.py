@@ -128,7 +128,7 @@ def demo(
     minutes: Annotated[float, typer.Option(help="how long the fleet runs after the warm start")] = 5.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the summary here")] = None,
     demos: Annotated[int, typer.Option(help="scripted demonstrations per robot")] = 10,
-    warm_steps: Annotated[int, typer.Option(help="warm-start training steps on the demonstrations")] = 120,
+    warm_steps: Annotated[int, typer.Option(help="warm-start training steps on the demonstrations")] = 200,
     eval_episodes: Annotated[int, typer.Option(help="held-out episodes per embodiment and version")] = 8,
     inject: Annotated[bool, typer.Option(help="inject a corrupted and a degraded version midway")] = True,
     config: ConfigOpt = None, set_: SetOpt = None,

@@ -58,6 +58,7 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     cfg.rollout.min_canary_episodes = min(cfg.rollout.min_canary_episodes, 5)
     cfg.learner.publish_every_steps = min(cfg.learner.publish_every_steps, 60)
     cfg.rollout.canary_timeout_s = min(cfg.rollout.canary_timeout_s, 45.0)
+    cfg.learner.batch_size = min(cfg.learner.batch_size, 8)  # two CPU cores: more, smaller steps
     return cfg
 
 
