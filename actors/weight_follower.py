@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 
 from actors.policy_client import InProcessPolicyClient, PolicyClient
 from actors.runtime import RobotActor
@@ -45,6 +46,9 @@ class WeightFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if self._thread.is_alive():  # stuck in a fetch or a swap: its socket is still in use, leave it
+                log.warning("%s: weight follower still busy after 10 s; not waiting for it", self.actor.robot_id)
+                return
         self.sub.close()
         if self._standby is not None:
             self._standby.close()
@@ -72,7 +76,16 @@ class WeightFollower:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("%s: weight sync failed (%s); still on v%d", self.actor.robot_id, self.last_error,
                             self.actor.policy_version)
-            self.sub.wait()
+            self._wait()
+
+    def _wait(self) -> None:
+        """Until a message arrives or the poll interval passes, in short slices so that stop() is prompt (and
+        never closes the socket under a poll) however long the interval."""
+        deadline = time.monotonic() + self.sub.poll_s
+        dropped = self.sub.dropped
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self.sub.wait(min(left, 0.2)) is not None or self.sub.dropped != dropped:
+                return
 
     def sync(self) -> bool:
         """Bring the actor to its target version; True if a swap was made."""

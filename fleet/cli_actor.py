@@ -25,7 +25,7 @@ import typer
 from fleet.config import FleetConfig
 from fleet.redis_server import redis_for
 from fleet.replay import ReplayStore
-from fleet.spool import Spool
+from fleet.spool import Spool, SpoolFull
 from fleet.status import StatusBoard
 
 if TYPE_CHECKING:  # imported when running: `fleet --help` should not pay for torch and MuJoCo
@@ -147,6 +147,7 @@ def run_actor(
             source=source or ("demo" if scripted else "fleet"),
             record_depth=a.record_depth,
         )
+        board = StatusBoard(client, prefix=cfg.replay.prefix)
         actor = RobotActor(
             robot_id,
             emb,
@@ -156,7 +157,7 @@ def run_actor(
             a,
             recorder=recorder,
             supervisor=supervisor,
-            board=StatusBoard(client, prefix=cfg.replay.prefix),
+            board=board,
             spool=spool,
         )
         stack.callback(actor.close)
@@ -167,6 +168,9 @@ def run_actor(
         stats = actor.stats()
         actor.close()
         spool.stop(SPOOL_DRAIN_S)
+        # the loop's last heartbeat went out before the spool drained: report what was delivered in the end
+        with contextlib.suppress(redis.RedisError, OSError):
+            board.beat(actor.heartbeat())
         return ActorSummary(robot_id, results, stats, len(spool.pending()))
 
 
@@ -195,7 +199,11 @@ def actor(
             flush=True,
         )
 
-    summary = run_actor(cfg, robot, embodiment, task, policy, episodes or None, seed=seed, on_episode=report)
+    try:
+        summary = run_actor(cfg, robot, embodiment, task, policy, episodes or None, seed=seed, on_episode=report)
+    except SpoolFull as e:  # the fleet's state, not a bug: what and why in one line, no traceback
+        print(f"SpoolFull: {e}", file=sys.stderr, flush=True)
+        raise typer.Exit(1) from None
     c = summary.stats.clock
     print(
         f"done: {len(summary.results)} episodes, {c.rate_hz:.2f} Hz (target {c.target_hz:.2f}), "

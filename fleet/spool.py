@@ -9,6 +9,7 @@ exponential backoff while the store is unreachable.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ SUFFIX = ".episode"
 
 
 class SpoolFull(RuntimeError):
-    """The backlog reached its byte limit: the store has been unreachable for too long."""
+    """The backlog reached its byte limit, or the disk under it is full: the store has been unreachable too long."""
 
 
 class Spool:
@@ -55,11 +56,12 @@ class Spool:
     # ------------------------------------------------------------------------------------------ writer side
 
     def put(self, episode: Episode | bytes) -> Path:
-        """Durably record an episode; returns once it is on disk. Raises SpoolFull beyond the byte limit."""
+        """Durably record an episode; returns once it is on disk. Raises SpoolFull beyond the byte limit or
+        when the disk is full (nothing already spooled is touched)."""
         blob = encode_episode(episode, self.chunk_steps) if isinstance(episode, Episode) else episode
         if self.backlog_bytes() + len(blob) > self.max_bytes:
-            raise SpoolFull(f"spool {self.dir} holds {self.backlog_bytes() / 1e6:.0f} MB, limit "
-                            f"{self.max_bytes / 1e6:.0f} MB: the replay store has been unreachable "
+            raise SpoolFull(f"spool {self.dir} holds {self.backlog_bytes() / 1e6:.1f} MB, limit "
+                            f"{self.max_bytes / 1e6:.1f} MB: the replay store has been unreachable "
                             f"({self.last_error or 'no error seen'})")
         with self._lock:
             self._seq += 1
@@ -67,10 +69,18 @@ class Spool:
             name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{SUFFIX}"
         final = self.dir / name
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)  # half an episode is none: do not leave it taking the space
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"spool {self.dir}: the disk is full ({e.strerror}) with "
+                                f"{self.backlog_bytes() / 1e6:.1f} MB not yet delivered: the replay store has "
+                                f"been unreachable ({self.last_error or 'no error seen'})") from e
+            raise
         os.replace(tmp, final)
         dir_fd = os.open(self.dir, os.O_RDONLY)
         try:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from policy.depth import DepthConfig
 from policy.prompt_tokenizer import byte_level_vocab_size
 
 
@@ -147,6 +148,7 @@ class MolmoAct2Config(_Strict):
     num_state_tokens: int = 256  # state bins over [-1, 1]
     num_action_tokens: int = 2048  # <action_k> entries in the LLM vocabulary = OpenFAST BPE vocab
     num_depth_codes: int = 128  # <depth_k> entries reserved for MolmoThink depth reasoning
+    depth: DepthConfig = DepthConfig()  # MolmoThink depth tokens: grid, quantiser, mixture (depth.py)
     max_action_tokens: int = 256  # OpenFAST target tokens kept per chunk (bounds the sequence length)
     openfast_scale: float = 10.0  # DCT coefficient scale before rounding (quantisation step = 1 / scale)
 

@@ -41,7 +41,9 @@ class DepthConfig(BaseModel):
     far_m: float = 10.0  # metres at the upper edge of the last code (farther pixels and misses take it)
     output_styles: tuple[float, float, float] = (1.0, 0.0, 1.0)  # action : depth : depth+action mixing
     # weights for training samples that carry depth (fine-tuning default 1:0:1); samples without depth are action
-    input_noise: float = 0.1  # fraction of teacher-forced depth inputs replaced by random codes (training only)
+    input_noise: float = (
+        0.1  # fraction of teacher-forced depth inputs replaced by random codes (training only)
+    )
     loss_weight: float = 1.0  # weight of the depth-code CE next to the flow MSE
 
     @model_validator(mode="after")

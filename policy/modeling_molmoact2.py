@@ -260,10 +260,22 @@ class MolmoAct2Policy(nn.Module):
     def loss(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Flow MSE (K noise samples per chunk, masked) + token CE and z-loss on the OpenFAST targets."""
+        """Flow MSE (K noise samples per chunk, masked) + token CE and z-loss on the OpenFAST targets, + depth
+        CE on MolmoThink depth codes when the batch has them (10% of their inputs replaced by random codes)."""
         cfg = self.config
         if "actions" not in batch:
             raise ValueError("loss needs a batch collated with targets (samples with actions)")
+        depth_inputs = batch.get("depth_token_mask")
+        if depth_inputs is not None and self.training and cfg.depth.input_noise > 0:
+            # Teacher forcing on noisy depth: at inference, replayed codes may be stale and decoded ones wrong.
+            flip = depth_inputs & (
+                torch.rand(depth_inputs.shape, generator=generator, device=self.device)
+                < cfg.depth.input_noise
+            )
+            noise = self.prompt_tokenizer.depth_token(0) + torch.randint(
+                0, cfg.num_depth_codes, depth_inputs.shape, generator=generator, device=self.device
+            )
+            batch = {**batch, "input_ids": torch.where(flip, noise, batch["input_ids"])}
         state = self.encode_prefix(batch)
         length = used_horizon(batch["action_horizon_mask"])  # steps past every row's horizon are skipped
         dim_mask, horizon_mask = batch["action_dim_mask"], batch["action_horizon_mask"][:, :length]
@@ -284,17 +296,33 @@ class MolmoAct2Policy(nn.Module):
         flow_mse = ((pred - target).pow(2) * weight).sum() / weight.sum().clamp(min=1.0)
 
         zero = flow_mse.new_zeros(())
-        token_ce, z_loss = zero, zero
+        token_ce, z_loss, depth_ce = zero, zero, zero
         labels = batch.get("labels")
-        if cfg.action_mode == "both" and labels is not None and bool((labels != IGNORE_INDEX).any()):
+        if labels is not None and bool((labels != IGNORE_INDEX).any()):
             target_ids = labels[:, 1:]  # hidden at p predicts token p + 1
             picked = target_ids != IGNORE_INDEX
-            logits = self.llm.logits(state.last_hidden[:, :-1][picked]).float()
-            log_z = logits.logsumexp(-1)
-            token_ce = (log_z - logits.gather(-1, target_ids[picked][:, None])[:, 0]).mean()
-            z_loss = cfg.softmax_auxiliary_loss_scale * log_z.pow(2).mean()
-        total = flow_mse + cfg.token_loss_weight * (token_ce + z_loss)
-        return {"loss": total, "flow_mse": flow_mse, "token_ce": token_ce, "z_loss": z_loss}
+            targets = target_ids[picked]
+            base = self.prompt_tokenizer.depth_token(0)
+            is_depth = (targets >= base) & (targets < base + cfg.num_depth_codes)  # (P,)
+            is_token = ~is_depth if cfg.action_mode == "both" else torch.zeros_like(is_depth)
+            keep = is_depth | is_token
+            if bool(keep.any()):
+                logits = self.llm.logits(state.last_hidden[:, :-1][picked][keep]).float()
+                log_z = logits.logsumexp(-1)
+                ce = log_z - logits.gather(-1, targets[keep][:, None])[:, 0]
+                z_loss = cfg.softmax_auxiliary_loss_scale * log_z.pow(2).mean()
+                if bool(is_token.any()):
+                    token_ce = ce[is_token[keep]].mean()
+                if bool(is_depth.any()):
+                    depth_ce = ce[is_depth[keep]].mean()
+        total = flow_mse + cfg.token_loss_weight * (token_ce + z_loss) + cfg.depth.loss_weight * depth_ce
+        return {
+            "loss": total,
+            "flow_mse": flow_mse,
+            "token_ce": token_ce,
+            "z_loss": z_loss,
+            "depth_ce": depth_ce,
+        }
 
     # ---- inference ------------------------------------------------------------------------------------------
     @torch.no_grad()

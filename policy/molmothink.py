@@ -71,21 +71,30 @@ def patch_similarity(prev: np.ndarray, cur: np.ndarray, grid: int) -> np.ndarray
     Two all-black patches are identical (1.0); one all-black patch against a lit one shares nothing (0.0)."""
     s = prev.shape[0]
     if prev.shape != cur.shape or prev.shape[:2] != (s, s) or s % grid:
-        raise ValueError(f"images must be equal squares divisible by grid={grid}, got {prev.shape} {cur.shape}")
+        raise ValueError(
+            f"images must be equal squares divisible by grid={grid}, got {prev.shape} {cur.shape}"
+        )
     p = s // grid
 
     def patches(img: np.ndarray) -> np.ndarray:  # (grid**2, p * p * 3), row-major cells
-        return img.astype(np.float32).reshape(grid, p, grid, p, 3).transpose(0, 2, 1, 3, 4).reshape(grid * grid, -1)
+        return (
+            img.astype(np.float64)
+            .reshape(grid, p, grid, p, 3)
+            .transpose(0, 2, 1, 3, 4)
+            .reshape(grid * grid, -1)
+        )
 
     a, b = patches(prev), patches(cur)
-    dot = np.einsum("nd,nd->n", a, b, dtype=np.float64)
+    dot = np.einsum("nd,nd->n", a, b)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     both_dark, one_dark = (na == 0) & (nb == 0), (na == 0) ^ (nb == 0)
     sim = dot / np.maximum(na * nb, 1e-12)
     return np.where(both_dark, 1.0, np.where(one_dark, 0.0, sim))
 
 
-def changed_cells(prev: np.ndarray, cur: np.ndarray, threshold: float, grid: int, size: int = 320) -> np.ndarray:
+def changed_cells(
+    prev: np.ndarray, cur: np.ndarray, threshold: float, grid: int, size: int = 320
+) -> np.ndarray:
     """Which cells of the main camera changed between two frames (any sizes): (grid**2,) bool, row-major."""
     return patch_similarity(compare_image(prev, size), compare_image(cur, size), grid) < threshold
 
@@ -106,6 +115,7 @@ class ThinkOutput:
     actions: list[np.ndarray]  # per sample (horizon, action_dim) float32 in real units
     caches: list[ThinkCache | None]  # per sample: what to keep for the robot's next call
     repredicted: list[int]  # per sample: cells decoded autoregressively (0 when replayed or no depth)
+    changed: list[np.ndarray | None]  # per sample: (grid**2,) bool cells decoded; None without depth
     depth_passes: int  # decoder passes spent on the depth block, whole batch
     timings: dict[str, float] = field(default_factory=dict)  # seconds: collate, prefix, depth, expert
 
@@ -154,12 +164,15 @@ class MolmoThink:
         if len(caches) != n:
             raise ValueError(f"{n} samples but {len(caches)} caches")
         t0 = self._sync()
-        batch = {k: v.to(policy.device) for k, v in policy.processor.collate(samples, with_targets=False).items()}
+        batch = {
+            k: v.to(policy.device) for k, v in policy.processor.collate(samples, with_targets=False).items()
+        }
         t1 = self._sync()
         state = policy.encode_prefix(batch)
         t2 = self._sync()
 
         new_caches, repredicted, passes = list(caches), [0] * n, 0
+        changed: list[np.ndarray | None] = [None] * n
         depth_rows = [i for i, m in enumerate(modes) if m != "none"]
         if depth_rows:
             images = [compare_image(next(iter(s.images.values())), self.config.compare_size) for s in samples]
@@ -185,7 +198,7 @@ class MolmoThink:
                 no_depth = torch.tensor([m == "none" for m in modes], device=policy.device)
                 state.context_mask[no_depth, t_old:] = False
             for i in depth_rows:
-                repredicted[i] = int(need[i].sum())
+                repredicted[i], changed[i] = int(need[i].sum()), need[i].copy()
                 new_caches[i] = ThinkCache(images[i], codes[i].copy(), version, repredicted[i])
         t3 = self._sync()
         normed = policy.sample_actions_from_prefix(
@@ -199,7 +212,7 @@ class MolmoThink:
             chunk = row[: meta.action_horizon, : meta.action_dim]
             actions.append(policy.norm_stats.unnormalize_action(s.embodiment, chunk).astype(np.float32))
         timings = {"collate": t1 - t0, "prefix": t2 - t1, "depth": t3 - t2, "expert": t4 - t3}
-        return ThinkOutput(actions, new_caches, repredicted, passes, timings)
+        return ThinkOutput(actions, new_caches, repredicted, changed, passes, timings)
 
     def _decode(
         self, state: PrefixState, need: np.ndarray, known: np.ndarray

@@ -13,10 +13,18 @@ Batch keys (B samples, T tokens, C = max_cameras, H = max_action_horizon, A = ma
     state (B, A) float32 in [-1, 1] · state_mask (B, A) bool
     action_dim_mask (B, A) bool · action_horizon_mask (B, H) bool
     with targets: actions (B, H, A) float32 in [-1, 1] · labels (B, T) long (-100 = no target)
+    with depth targets (issue 9): depth_token_mask (B, T) bool (teacher-forced depth codes, for input noise)
+
+Depth targets (`PolicySample.depth`, the main camera's metric depth) are quantised to grid**2 codes
+(`policy/depth.py`) and, per the sample's output style, placed after the prompt as
+`<depth_start> codes <depth_end>`: "depth_action" puts the action targets after the block and lets the expert
+attend to it (context_mask covers it); "depth" ends with `<|endoftext|>` and has no action supervision (its
+horizon mask is all False, so the flow loss skips the row); "action" ignores the depth.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +33,7 @@ import torch
 from PIL import Image
 
 from policy.config import MolmoAct2Config
+from policy.depth import OUTPUT_STYLES, DepthQuantizer, OutputStyle
 from policy.normalization import NormStats
 from policy.openfast import OpenFAST
 from policy.prompt_tokenizer import PromptTokenizer
@@ -42,6 +51,9 @@ class PolicySample:
     embodiment: str  # norm-stats tag, e.g. "franka"
     actions: np.ndarray | None = None  # (horizon, A) float32, real units (training only)
     action_mask: np.ndarray | None = None  # (horizon,) bool, False for steps past the episode end
+    depth: np.ndarray | None = None  # (H, W) float32 metres, main camera (MolmoThink targets; training)
+    output_style: OutputStyle | None = None  # with depth: "action" | "depth" | "depth_action"; None: drawn by
+    # a hash of the sample from config.depth.output_styles (reproducible, no RNG state)
 
 
 def _normalize_instruction(text: str) -> str:
@@ -63,6 +75,7 @@ class PolicyProcessor:
         self.norm_stats = norm_stats
         self.tokens = prompt_tokenizer
         self.action_tokenizer = action_tokenizer
+        self.depth_quantizer = DepthQuantizer.from_config(config.depth, config.num_depth_codes)
         if action_tokenizer.vocab_size > config.num_action_tokens:
             raise ValueError(
                 f"OpenFAST vocab {action_tokenizer.vocab_size} exceeds num_action_tokens={config.num_action_tokens}"
@@ -154,6 +167,28 @@ class PolicyProcessor:
         out = [tk.id("<action_start>"), *body, tk.id("<action_end>"), tk.id("<|endoftext|>")]
         return out[: self.config.max_action_tokens]
 
+    def output_style(self, sample: PolicySample) -> OutputStyle:
+        """The sample's training output style: its own, else picked by a hash of its state and depth."""
+        if sample.depth is None:
+            return "action"
+        if sample.output_style is not None:
+            if sample.output_style not in OUTPUT_STYLES:
+                raise ValueError(f"output_style {sample.output_style!r} is not one of {OUTPUT_STYLES}")
+            return sample.output_style
+        weights = np.asarray(self.config.depth.output_styles, dtype=np.float64)
+        key = (
+            np.asarray(sample.state, np.float32).tobytes()
+            + np.asarray(sample.depth, np.float32)[::8, ::8].tobytes()
+        )
+        u = zlib.crc32(key) / 2**32
+        return OUTPUT_STYLES[int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right"))]
+
+    def depth_block(self, depth: np.ndarray) -> list[int]:
+        """`<depth_start>`, the grid**2 codes of a (H, W) metric depth map, `<depth_end>`."""
+        tk = self.tokens
+        codes = self.depth_quantizer.encode(depth)
+        return [tk.id("<depth_start>"), *(tk.depth_token(int(c)) for c in codes), tk.id("<depth_end>")]
+
     # ---- batch ----------------------------------------------------------------------------------------------
     def collate(
         self, samples: Sequence[PolicySample], with_targets: bool | None = None
@@ -177,7 +212,7 @@ class PolicyProcessor:
         actions = np.zeros((B, H, A), dtype=np.float32)
         dim_mask = np.zeros((B, A), dtype=bool)
         horizon_mask = np.zeros((B, H), dtype=bool)
-        rows: list[tuple[list[int], list[bool], int]] = []  # ids, image flags, prompt length
+        rows: list[tuple[list[int], list[bool], int, int, int]] = []  # ids, flags, prompt/context/depth len
 
         for b, s in enumerate(samples):
             meta = self.norm_stats[s.embodiment]
@@ -202,15 +237,27 @@ class PolicyProcessor:
             dim_mask[b, : meta.action_dim] = True
             horizon_mask[b, : meta.action_horizon] = True
             ids, flags = self.prompt_ids(s, len(s.images), s_norm)
-            prompt_len = len(ids)
+            prompt_len = context_len = len(ids)
+            depth_len = 0
             if with_targets:
                 chunk = self._chunk(s, meta.action_horizon, meta.action_dim, horizon_mask[b])
                 actions[b, : meta.action_horizon, : meta.action_dim] = chunk
-                if token_targets:
+                style = self.output_style(s)
+                if style != "action":
+                    block = self.depth_block(s.depth)
+                    depth_len = len(block)
+                    ids = ids + block
+                    if style == "depth":  # depth reasoning alone: no action tokens, no flow target
+                        ids.append(self.tokens.id("<|endoftext|>"))
+                        horizon_mask[b] = False
+                    else:  # the expert attends to the prompt and the depth block
+                        context_len += depth_len
+                    flags = flags + [False] * (len(ids) - len(flags))
+                if token_targets and style != "depth":
                     tgt = self.target_ids(chunk)
                     ids = ids + tgt
                     flags = flags + [False] * len(tgt)
-            rows.append((ids, flags, prompt_len))
+            rows.append((ids, flags, prompt_len, context_len, depth_len))
 
         T = max(len(r[0]) for r in rows)
         if T > cfg.text_config.max_position_embeddings:
@@ -221,13 +268,16 @@ class PolicyProcessor:
         image_token_mask = torch.zeros((B, T), dtype=torch.bool)
         context_mask = torch.zeros((B, T), dtype=torch.bool)
         labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-        for b, (ids, flags, prompt_len) in enumerate(rows):
+        depth_token_mask = torch.zeros((B, T), dtype=torch.bool)
+        for b, (ids, flags, prompt_len, context_len, depth_len) in enumerate(rows):
             n = len(ids)
             input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
             attention_mask[b, :n] = True
             image_token_mask[b, :n] = torch.tensor(flags, dtype=torch.bool)
-            context_mask[b, :prompt_len] = True
+            context_mask[b, :context_len] = True
             labels[b, prompt_len:n] = input_ids[b, prompt_len:n]
+            if depth_len:  # the codes, between <depth_start> and <depth_end>
+                depth_token_mask[b, prompt_len + 1 : prompt_len + depth_len - 1] = True
 
         batch = {
             "images": torch.from_numpy(images),
@@ -244,6 +294,8 @@ class PolicyProcessor:
         if with_targets:
             batch["actions"] = torch.from_numpy(actions)
             batch["labels"] = labels
+            if bool(depth_token_mask.any()):
+                batch["depth_token_mask"] = depth_token_mask
         return batch
 
     def _chunk(self, s: PolicySample, horizon: int, action_dim: int, horizon_row: np.ndarray) -> np.ndarray:

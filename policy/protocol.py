@@ -17,6 +17,8 @@ Request (client -> server):
     id       str   request id chosen by the client, echoed in the response (1..64 chars)
     robot    str   robot id: per-robot metrics and fair batching on the server
     version  int | None   weights version wanted (canary routing); None: the server's current champion
+    depth    str   (optional) MolmoThink depth mode for this call: "full" | "adaptive" | "none"; absent: the
+                   server's default (policy/molmothink.py)
     sample   map   (infer only) {"images": {camera: ARRAY (H, W, 3) uint8, main camera first},
                                  "state": ARRAY (S,) float32, "instruction": str, "embodiment": str (norm tag)}
     sent     float client wall time (unix s) when sent, for latency accounting
@@ -54,6 +56,7 @@ ERROR_CODES = (
     "overloaded",  # the server shed the request (queue full); retry after a backoff
     "internal",  # the model raised; the message says what
 )
+DEPTH_MODES = ("full", "adaptive", "none")  # MolmoThink modes a request may ask for
 ErrorCode = Literal["bad_request", "unknown_version", "unknown_embodiment", "overloaded", "internal"]
 Kind = Literal["infer", "ping"]
 
@@ -112,6 +115,7 @@ class InferRequest:
     version: int | None = None  # weights version wanted; None: the server's champion
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     sent: float = 0.0  # client unix time
+    depth_mode: str | None = None  # one of DEPTH_MODES; None: the server's default
 
 
 @dataclass
@@ -157,6 +161,8 @@ def encode_request(req: InferRequest) -> bytes:
         "version": req.version,
         "sent": float(req.sent),
     }
+    if req.depth_mode is not None:
+        msg["depth"] = req.depth_mode
     if req.kind == "infer":
         s = req.sample
         if s is None:
@@ -205,6 +211,9 @@ def decode_request(blob: bytes) -> InferRequest:
             instruction=instruction,
             embodiment=_str(raw, "embodiment", "request.sample", 64),
         )
+    depth_mode = msg.get("depth")
+    if depth_mode is not None and depth_mode not in DEPTH_MODES:
+        raise ProtocolError(f"request.depth: {depth_mode!r:.40}, expected one of {DEPTH_MODES} or absent")
     sent = msg.get("sent", 0.0)
     return InferRequest(
         kind=kind,
@@ -213,6 +222,7 @@ def decode_request(blob: bytes) -> InferRequest:
         version=version,
         id=req_id,
         sent=float(sent) if isinstance(sent, int | float) else 0.0,
+        depth_mode=depth_mode,
     )
 
 

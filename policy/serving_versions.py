@@ -61,7 +61,9 @@ class PolicyVersions:
         self.base = base.eval()
         self.think_config = think or ThinkConfig()
         self._lock = threading.Lock()
-        self._table = {version: ServedVersion(version, self.base, MolmoThink(self.base, self.think_config), time.time())}
+        self._table = {
+            version: ServedVersion(version, self.base, MolmoThink(self.base, self.think_config), time.time())
+        }
         self._champion = version
         self._assigned: dict[str, int] = {}
 
@@ -73,7 +75,9 @@ class PolicyVersions:
             raise ValueError(f"version must be >= 0, got {version}")
         with self._lock:
             if version in self._table:
-                raise ValueError(f"version {version} is already loaded (versions are never reused: retire it first)")
+                raise ValueError(
+                    f"version {version} is already loaded (versions are never reused: retire it first)"
+                )
         policy = standby_copy(self.base, shipped_names(trainable)).eval()
         load_trainable_bytes(policy, trainable)
         served = ServedVersion(version, policy, MolmoThink(policy, self.think_config), time.time())
@@ -98,7 +102,9 @@ class PolicyVersions:
             if version not in self._table:
                 raise KeyError(f"version {version} is not loaded (loaded: {sorted(self._table)})")
             if version == self._champion:
-                raise ValueError(f"version {version} is the champion: set another champion before retiring it")
+                raise ValueError(
+                    f"version {version} is the champion: set another champion before retiring it"
+                )
             del self._table[version]
             self._assigned = {r: v for r, v in self._assigned.items() if v != version}
 

@@ -138,9 +138,9 @@ _YAM = ArmModel(
     armature=0.05,
 )
 
-_SO101_BASE_TO_PAN: Vec3 = (0.0207909, -0.0230745, 0.0948817)
+# The URDF's base-to-pan offset is (0.0208, -0.0231, 0.0949) m; the mount point here sits under the pan axis.
 _SO = ArmModel(
-    base_pos=(0.0, 0.0, _SO101_BASE_TO_PAN[2]),
+    base_pos=(0.0, 0.0, 0.0948817),
     base_quat=quat_from_rpy(-3.14159, 0.0, 1.5708),
     base_radius=0.03,
     links=(

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium import spaces
 
@@ -92,7 +93,8 @@ class FleetSimEnv(gym.Env):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
         scene = self.scene
-        scene.data.time = 0.0
+        # Nothing of the last episode leaks into this one (solver warm starts, time): it depends on its seed only.
+        mujoco.mj_resetData(scene.model, scene.data)
         scene.set_state(scene.home_state())
         self.instruction = self.task.reset(scene, self.np_random)
         scene.set_state(scene.home_state())  # also recomputes contacts and poses with the new objects

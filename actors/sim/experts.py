@@ -1,9 +1,10 @@
 """Scripted experts: they make demonstrations and play the operator who takes over mid-episode.
 
-An expert keeps no memory between calls: each `act()` reads the physics state (arm joints, tool pose, object
-poses, contacts) and decides from it what to do next, so it can take over from wherever a policy left the arm
-(DAgger-style intervention) and recovers when a grasp slips. Motions are straight tool paths at a bounded
-speed, turned into absolute joint targets by inverse kinematics (`ArmIK.toward`).
+Each `act()` reads the physics state (arm joints, servo targets, tool pose, object poses, contacts) and decides
+from it what to do next, so an expert can take over from wherever a policy left the arm (DAgger-style
+intervention) and recovers when a grasp slips. Its only memory is whether an arm is on its way back home after
+being found somewhere the straight paths cannot start from (see `ScriptedExpert.move`). Motions are straight
+tool paths at a bounded speed, turned into absolute joint targets by inverse kinematics (`ArmIK.toward`).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ SCENE_LAYOUTS: dict[str, SceneLayout] = {
         arm_mounts=(((0.0, 0.0, 0.0), 0.0),),
         table_center=(0.45, 0.0),
         table_half=(0.65, 0.6),
-        main_camera=CameraPlacement((0.95, -0.45, 0.6), (0.45, 0.0, 0.05), 48.0),
+        main_camera=CameraPlacement((0.8, -0.5, 0.5), (0.45, 0.0, 0.12), 55.0),
         workspace_center=(0.5, 0.0),
         workspace_half=(0.08, 0.16),
         object_half=0.025,
@@ -77,7 +77,7 @@ SCENE_LAYOUTS: dict[str, SceneLayout] = {
         arm_mounts=(((0.0, 0.22, 0.0), 0.0), ((0.0, -0.22, 0.0), 0.0)),
         table_center=(0.3, 0.0),
         table_half=(0.5, 0.65),
-        main_camera=CameraPlacement((0.08, 0.0, 0.6), (0.32, 0.0, 0.0), 60.0),
+        main_camera=CameraPlacement((0.1, 0.0, 0.5), (0.3, 0.0, 0.0), 62.0),
         workspace_center=(0.3, 0.0),
         workspace_half=(0.05, 0.14),
         object_half=0.022,
@@ -157,7 +157,7 @@ class Scene:
         self.finger_geoms = [np.array([m.geom(g).id for g in arm.finger_geoms]) for arm in arms]
         self.home = np.concatenate([np.asarray(ARM_MODELS[ARM_MODEL_OF[embodiment.name]].home) for _ in arms])
         self.set_state(self.home_state())
-        tune_servos(m, self.data, np.concatenate([self.joint_act]), SERVO_HZ)
+        tune_servos(m, self.data, self.joint_act, SERVO_HZ)
 
     # ------------------------------------------------------------------------------------- vectors
 

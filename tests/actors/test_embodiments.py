@@ -19,7 +19,13 @@ EXPECTED = {
 def test_embodiment_matches_design_table(name):
     dim, cameras, horizon, hz = EXPECTED[name]
     e = EMBODIMENTS[name]
-    assert (e.state_dim, e.action_dim, e.cameras, e.chunk_horizon, e.control_hz) == (dim, dim, cameras, horizon, hz)
+    assert (e.state_dim, e.action_dim, e.cameras, e.chunk_horizon, e.control_hz) == (
+        dim,
+        dim,
+        cameras,
+        horizon,
+        hz,
+    )
     assert e.main_camera == cameras[0]
     assert len(e.joint_names) == dim - len(e.grippers)
     low, high = e.action_low, e.action_high
@@ -40,7 +46,11 @@ def test_schemas_are_the_data_planes_view():
         assert isinstance(schema, EmbodimentSchema)
         e = EMBODIMENTS[name]
         assert (schema.name, schema.state_dim, schema.action_dim, schema.cameras) == (
-            name, e.state_dim, e.action_dim, e.cameras)
+            name,
+            e.state_dim,
+            e.action_dim,
+            e.cameras,
+        )
 
 
 def test_bad_embodiments_are_refused_with_a_reason():

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from fleet.config import ReplayConfig
 from fleet.episode import encode_episode
 from fleet.redis_server import EmbeddedRedis
-from fleet.replay import ReplayStore
+from fleet.replay import EpisodeRef, ReplayStore
 from tests.factories import SCHEMAS, synthetic_episode
 
 
@@ -98,6 +98,24 @@ def test_sample_windows_are_consecutive(store: ReplayStore) -> None:
         np.testing.assert_array_equal(w.state[:, 0], steps)  # state encodes the step index
         assert w.images["top"].shape == (3, 16, 16, 3)
         np.testing.assert_array_equal(w.images["top"][:, 0, 0, 0], steps[:3] % 256)
+
+
+def test_windows_read_as_byte_ranges_match_whole_chunks(store: ReplayStore) -> None:
+    eps = [synthetic_episode("yam_bimanual", seed=i, steps=37, size=24, depth=True) for i in range(2)]
+    for ep in eps:
+        assert store.append(encode_episode(ep, 8, "jpeg")).status == "stored"
+    assert store.append(encode_episode(eps[0], 8, "jpeg")).status == "duplicate"
+    assert store.r.keys("mf:stage:*") == []  # staged payloads never outlive their append
+    refs = [EpisodeRef(ep.meta.episode_id, s) for ep in eps for s in (0, 6, 8, 30)]  # chunk edges, short tail
+    ranged = store.read_windows(refs, 10)
+    for ep in eps:
+        store.r.hdel(f"mf:ep:{ep.meta.episode_id}", "layout")  # as stored before frame layouts: whole chunks
+    whole = ReplayStore(store.r, store.cfg, SCHEMAS, decode_workers=0).read_windows(refs, 10)
+    for a, b in zip(ranged, whole, strict=True):
+        assert a.images["top"].shape == (min(10, 37 - a.start), 24, 24, 3) and a.images.keys() == b.images.keys()
+        for cam in b.images:
+            np.testing.assert_array_equal(a.images[cam], b.images[cam])
+        np.testing.assert_array_equal(a.depth, b.depth)
 
 
 def test_sampling_weights_are_honoured(store: ReplayStore) -> None:

@@ -58,7 +58,8 @@ def test_loss_and_actions_are_deterministic_given_a_generator(tiny_policy, rng) 
     l1 = tiny_policy.loss(batch, torch.Generator().manual_seed(0))
     l2 = tiny_policy.loss(batch, torch.Generator().manual_seed(0))
     l3 = tiny_policy.loss(batch, torch.Generator().manual_seed(1))
-    assert set(l1) == {"loss", "flow_mse", "token_ce", "z_loss"}
+    assert set(l1) == {"loss", "flow_mse", "token_ce", "z_loss", "depth_ce"}
+    assert l1["depth_ce"].item() == 0.0  # no depth targets in these samples (MolmoThink, issue 9)
     assert all(torch.equal(l1[k], l2[k]) for k in l1) and not torch.equal(l1["flow_mse"], l3["flow_mse"])
     assert torch.isclose(l1["loss"], l1["flow_mse"] + l1["token_ce"] + l1["z_loss"])
     assert l1["token_ce"].item() > 0 and torch.isfinite(l1["loss"]).item()

@@ -47,8 +47,9 @@ def test_random_actions_rarely_succeed():
     assert successes <= 0.1 * episodes, f"random actions succeeded {successes}/{episodes}"
 
 
-@pytest.mark.parametrize(("embodiment", "task"), [("so101", "reach"), ("franka", "pick_place"),
-                                                  ("yam_bimanual", "lift")])
+@pytest.mark.parametrize(
+    ("embodiment", "task"), [("so101", "reach"), ("franka", "pick_place"), ("yam_bimanual", "lift")]
+)
 def test_expert_takes_over_from_a_perturbed_arm(embodiment, task):
     env = make_env(embodiment, task, render=False, time_limit_s=20.0)
     expert = make_expert(env)
@@ -78,7 +79,11 @@ def test_success_is_judged_from_physics_alone():
     assert not task.success(scene)
     bin_centre = task.bin.center()
     adr = task.cube.qpos_adr
-    scene.data.qpos[adr : adr + 3] = (bin_centre[0], bin_centre[1], task.bin.geometry.wall_thickness + task.cube.half)
+    scene.data.qpos[adr : adr + 3] = (
+        bin_centre[0],
+        bin_centre[1],
+        task.bin.geometry.wall_thickness + task.cube.half,
+    )
     mujoco.mj_forward(scene.model, scene.data)
     assert task.success(scene)  # no expert involved: a cube resting in the bin is a success
 

@@ -1,0 +1,422 @@
+"""Hot swap into a running actor, end to end on one machine.
+
+A Franka `reach` actor runs the tiny MolmoAct2 in process in the MuJoCo sim and follows the version the rollout
+assigns it through a `WeightFollower`, over a real redis-server, the real signed `WeightStore` and ZeroMQ
+announcements on loopback. New versions go in between two chunks without missing a tick (compared with the
+same actor's own no-swap ticks); a corrupted payload and a forged manifest are refused while the old version
+keeps running, and never read again; an actor that missed the announcement converges by polling; a rollback
+swaps back to the kept standby without reading anything from the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from actors.embodiments import EMBODIMENTS
+from actors.policy_client import InProcessPolicyClient
+from actors.recorder import EpisodeRecorder
+from actors.runtime import RobotActor
+from actors.sim.env import FleetSimEnv
+from actors.weight_follower import WeightFollower
+from fleet.config import ActorsConfig
+from fleet.episode import parse_encoded
+from fleet.redis_server import EmbeddedRedis
+from fleet.replay import ReplayStore
+from fleet.rollout import RolloutController
+from fleet.spool import Spool
+from fleet.status import StatusBoard
+from fleet.weights import Manifest, WeightAnnouncer, WeightStore, WeightSubscriber, sign
+from policy.checkpoint import trainable_bytes
+
+FRANKA = EMBODIMENTS["franka"]
+ROBOT = "franka-hs"
+SECRET = "hot-swap-test-secret"
+EPISODE_S = 3.0  # control seconds per episode: 45 ticks at 15 Hz, room for a swap to land mid-episode
+POLL_S = 0.5  # the follower's Redis poll interval where a test relies on polling
+
+
+@pytest.fixture(autouse=True)
+def actor_process_settings() -> Iterator[None]:
+    """What fleet.cli_actor sets in an actor's process: torch's thread count and a 1 ms GIL hand-off."""
+    cfg = ActorsConfig()
+    threads, switch = torch.get_num_threads(), sys.getswitchinterval()
+    torch.set_num_threads(cfg.torch_threads)
+    sys.setswitchinterval(cfg.gil_switch_ms / 1000)
+    yield
+    torch.set_num_threads(threads)
+    sys.setswitchinterval(switch)
+
+
+class CountingStore(WeightStore):
+    """The real weight store, counting reads per version: a rollback reads nothing, a refused version is read
+    once and never again."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fetches: Counter[int] = Counter()
+
+    def fetch(self, version: int) -> tuple[Manifest, bytes]:
+        self.fetches[version] += 1
+        return super().fetch(version)
+
+
+def variant(payload: bytes, seed: int, scale: float = 0.02) -> bytes:
+    """Another version of the same trainable tensors (small noise), header metadata kept so it loads."""
+    header = int.from_bytes(payload[:8], "little")
+    meta = json.loads(payload[8 : 8 + header]).get("__metadata__")
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        k: v + scale * v.std() * torch.randn(v.shape, generator=g)
+        if v.is_floating_point() and v.numel() > 1
+        else v
+        for k, v in st_load(payload).items()
+    }
+    return st_save(tensors, metadata=meta)
+
+
+class TimedFollower(WeightFollower):
+    """The real follower, noting when each sync started and whether it swapped (to tell polling from waking)."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.syncs: list[tuple[float, bool]] = []  # (monotonic start, swapped)
+
+    def sync(self) -> bool:
+        t = time.monotonic()
+        swapped = super().sync()
+        self.syncs.append((t, swapped))
+        return swapped
+
+
+class Fleet:
+    """The fleet side of a swap: publish (the learner), set the rollout state (the gate), announce."""
+
+    def __init__(self, redis_server: EmbeddedRedis, store: ReplayStore, root: Path):
+        self.client = redis_server.client()
+        self.weights = CountingStore(str(root / "weights"), SECRET, self.client)
+        self.board = StatusBoard(self.client)
+        self.rollout = RolloutController(store, self.board)
+        self.announcer = WeightAnnouncer("tcp://127.0.0.1:0")
+
+    def publish(self, payload: bytes, parent: int | None = None) -> Manifest:
+        return self.weights.publish(payload, parent=parent, mode="full")
+
+    def promote(self, m: Manifest, announce: bool = True) -> None:
+        self.rollout.promote(m.version)  # the state first: an announcement only wakes followers up
+        if announce:
+            self.announcer.announce(m)
+
+    def subscriber(self, endpoint: str | None = "", poll_s: float = 30.0) -> WeightSubscriber:
+        """A follower's ear; "" connects to this fleet's announcer, None has no socket (polling only)."""
+        return WeightSubscriber(
+            self.announcer.endpoint if endpoint == "" else endpoint, poll_s=poll_s, secret=SECRET
+        )
+
+    def close(self) -> None:
+        self.announcer.close()
+        self.client.close()
+
+
+@pytest.fixture
+def fleet(redis_server: EmbeddedRedis, store: ReplayStore, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(redis_server, store, tmp_path)
+    yield f
+    f.close()
+
+
+class ActorThread:
+    """The actor's control loop on its own thread (the env is made there: its renderer's context is bound to
+    the thread that runs it), recording into a spool that is not delivered, so every episode stays on disk."""
+
+    def __init__(self, client: InProcessPolicyClient, spool_dir: Path):
+        self.client = client
+        self.spool = Spool(spool_dir, deliver=lambda blob: None)
+        self.actor: RobotActor | None = None
+        self.follower: TimedFollower | None = None
+        self.error: BaseException | None = None
+        self.episodes: list[int] = []  # policy version of each finished episode, as the loop saw it
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="actor-under-test", daemon=True)
+
+    def _run(self) -> None:
+        env = FleetSimEnv("franka", "reach", image_size=64)
+        try:
+            recorder = EpisodeRecorder(
+                self.spool,
+                FRANKA.schema,
+                robot_id=ROBOT,
+                task="reach",
+                fps=FRANKA.control_hz,
+                record_depth=False,
+            )
+            self.actor = RobotActor(
+                ROBOT,
+                FRANKA,
+                "reach",
+                env,
+                self.client,
+                ActorsConfig(max_episode_s=EPISODE_S),
+                recorder=recorder,
+            )
+            self._ready.set()
+            self.actor.run(on_episode=lambda r: self.episodes.append(r.policy_version))
+        except BaseException as e:  # reported to the test by stop()
+            self.error = e
+        finally:
+            self._ready.set()
+            if self.actor is not None:
+                self.actor.close()
+            env.close()
+
+    def start(self) -> RobotActor:
+        self._thread.start()
+        assert self._ready.wait(60) and self.actor is not None, f"actor did not start: {self.error!r}"
+        return self.actor
+
+    def follow(self, fleet: Fleet, sub: WeightSubscriber) -> TimedFollower:
+        assert self.actor is not None
+        self.follower = TimedFollower(self.actor, fleet.weights, fleet.board, sub).start()
+        return self.follower
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        if self.actor is not None:
+            self.actor.stop()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "actor thread did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def recorded_versions(self) -> list[int]:
+        """The policy version stamped into each spooled episode, oldest first."""
+        return [parse_encoded(p.read_bytes()).meta.policy_version for p in self.spool.pending()]
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Callable[[InProcessPolicyClient], tuple[ActorThread, RobotActor]]]:
+    """Starts an actor thread running ``client``; returns it and its RobotActor."""
+    started: list[ActorThread] = []
+
+    def start(client: InProcessPolicyClient) -> tuple[ActorThread, RobotActor]:
+        a = ActorThread(client, tmp_path / "spool")
+        started.append(a)
+        return a, a.start()
+
+    yield start
+    for a in started:  # also when the test failed: no loop outlives its test
+        a.stop()
+
+
+def until(cond: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Wait for ``cond``; returns the seconds it took, fails the test with ``what`` on timeout."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def mid_episode(a: ActorThread, at_step: int = 4) -> Callable[[], bool]:
+    """True while an episode is being recorded and has run at least ``at_step`` ticks (a swap asked now lands
+    inside the episode, between two of its chunks)."""
+    rec = a.actor.recorder if a.actor is not None else None
+    assert rec is not None
+    return lambda: rec.recording and at_step <= rec.steps <= FRANKA.chunk_horizon
+
+
+def misses(actor: RobotActor) -> np.ndarray:
+    """(ticks, missed) so far: missed = ticks that overran the next deadline + deadlines skipped + ticks whose
+    queue ran dry (the arm held still waiting for the policy)."""
+    c = actor.clock
+    return np.array([c.ticks, c.overruns + c.skipped + actor.starved_ticks])
+
+
+def seeded_policy() -> tuple[InProcessPolicyClient, bytes]:
+    """The tiny policy running as v1 and v1's payload (its trainable tensors)."""
+    client = InProcessPolicyClient.tiny(seed=0, version=1)
+    return client, trainable_bytes(client.policy)
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_versions_swap_in_between_chunks_without_a_missed_tick_and_roll_back_from_the_standby(
+    fleet: Fleet, running: Callable[[InProcessPolicyClient], tuple[ActorThread, RobotActor]]
+) -> None:
+    client, v1_bytes = seeded_policy()
+    v1 = fleet.publish(v1_bytes)
+    fleet.promote(v1, announce=False)
+    payloads = {2: variant(v1_bytes, seed=2), 3: variant(v1_bytes, seed=3)}
+    a, actor = running(client)
+    # a long poll interval: each swap below is woken by its announcement, not by polling
+    follower = a.follow(fleet, fleet.subscriber(poll_s=30.0))
+
+    # the no-swap baseline: the same actor's ticks over a full episode and a half
+    until(lambda: len(a.episodes) >= 1, 30, "the first episode")
+    base0 = misses(actor)
+    until(lambda: len(a.episodes) >= 2, 30, "the baseline episode")
+    until(mid_episode(a, at_step=8), 30, "the middle of an episode")
+    baseline = misses(actor) - base0
+
+    swapped = np.zeros(2, np.int64)
+    waits = []
+    for target, rollback in (
+        (2, False),
+        (3, False),
+        (2, True),
+    ):  # two new versions, then back to the one before
+        until(mid_episode(a), 30, "the start of an episode")
+        before = misses(actor)
+        fetches = sum(fleet.weights.fetches.values())
+        if rollback:  # the gate puts the previous champion back
+            fleet.rollout.rollback(to_version=target)
+            fleet.announcer.announce(fleet.weights.manifest(target))
+        else:
+            m = fleet.publish(payloads.pop(target), parent=actor.policy_version)
+            assert m.version == target
+            fleet.promote(m)
+        waits.append(until(lambda t=target: actor.policy_version == t, 10, f"v{target} running"))
+        ticks_at_swap = actor.clock.ticks
+        # the first chunk of the new version has been merged and run, well into the next chunk
+        until(
+            lambda n=ticks_at_swap: actor.clock.ticks >= n + 2 * FRANKA.chunk_horizon,
+            30,
+            "chunks after the swap",
+        )
+        swapped += misses(actor) - before
+        read = sum(fleet.weights.fetches.values()) - fetches
+        assert read == (0 if rollback else 1), (
+            f"v{target}: {read} reads from the store (rollback: {rollback})"
+        )
+    until(lambda: len(a.episodes) >= 6, 60, "an episode wholly on the rolled-back version")
+    a.stop()
+
+    # zero ticks missed because of a swap: the swap windows miss no more than the baseline's rate allows (plus
+    # one for a loaded machine); a swap that blocked the loop for one period would miss at least one per swap
+    print("DIAG", baseline, swapped, waits, a.episodes, flush=True)
+    allowed = 1 + 2 * baseline[1] * swapped[0] / max(1, baseline[0])
+    assert swapped[1] <= allowed, (
+        f"{swapped[1]} missed ticks in {swapped[0]} ticks around 3 swaps; the no-swap baseline missed "
+        f"{baseline[1]} in {baseline[0]}"
+    )
+    assert follower.swaps == 3 and actor.stats().swaps == 3 and follower.rejected == set()
+    assert fleet.weights.fetches == Counter({2: 1, 3: 1}), "v1 never read (running), v2 read once"
+    assert max(waits) < 5.0, f"announcement to swap took {waits}"
+    # the version stamped into the recorded episodes follows the swaps, in order
+    stamped = a.recorded_versions()
+    assert stamped == a.episodes and stamped[:2] == [1, 1] and stamped[-1] == 2
+    changes = [v for i, v in enumerate(stamped) if i == 0 or v != stamped[i - 1]]
+    assert changes in ([1, 2, 3, 2], [1, 3, 2]), stamped  # v2 may have run less than half an episode
+    # the arm now runs v2's exact weights
+    running_now = st_load(trainable_bytes(actor.worker.client.policy))
+    v2_tensors = st_load(fleet.weights.fetch(2)[1])
+    assert running_now.keys() == v2_tensors.keys()
+    assert all(torch.equal(running_now[k], v2_tensors[k]) for k in v2_tensors)
+
+
+def test_corrupted_and_forged_versions_are_refused_and_the_old_version_keeps_running(
+    fleet: Fleet, running: Callable[[InProcessPolicyClient], tuple[ActorThread, RobotActor]]
+) -> None:
+    client, v1_bytes = seeded_policy()
+    v1 = fleet.publish(v1_bytes)
+    fleet.promote(v1, announce=False)
+    a, actor = running(client)
+    follower = a.follow(fleet, fleet.subscriber(poll_s=POLL_S))
+    until(lambda: actor.clock.ticks > 5, 30, "the loop running")
+
+    # (b) one flipped byte in the stored payload: the sha256 must catch it
+    corrupt = fleet.publish(variant(v1_bytes, seed=2), parent=1)
+    path = Path(fleet.weights._path(corrupt.version, "safetensors"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fleet.promote(corrupt)
+    until(lambda: corrupt.version in follower.rejected, 10, "the corrupted version refused")
+    assert "sha256" in follower.last_error
+
+    # (e) a manifest re-signed with another secret (its payload swapped for another one of the same size)
+    forged = fleet.publish(variant(v1_bytes, seed=3), parent=1)
+    other = variant(v1_bytes, seed=4)
+    path = Path(fleet.weights._path(forged.version, "safetensors"))
+    path.write_bytes(other)
+    fake = sign(
+        forged.model_copy(update={"sha256": hashlib.sha256(other).hexdigest()}), b"not-the-fleet-secret"
+    )
+    fleet.client.hset("mf:weights:manifests", str(forged.version), fake.model_dump_json())
+    fleet.promote(forged)
+    until(lambda: forged.version in follower.rejected, 10, "the forged version refused")
+    assert "signature" in follower.last_error
+
+    chunks, ticks = actor.chunks, actor.clock.ticks
+    time.sleep(4 * POLL_S)  # several polls with the refused version still the target
+    assert actor.policy_version == 1 and follower.swaps == 0
+    assert actor.chunks > chunks and actor.clock.ticks > ticks and actor.stats().inference_errors == 0
+    assert fleet.weights.fetches == Counter({corrupt.version: 1, forged.version: 1}), (
+        "a refused version re-read"
+    )
+    # counted where the fleet sees it: heartbeat, status board
+    assert actor.rejected_versions == 2 and actor.heartbeat().rejected_versions == 2
+    refused = [e for e in fleet.board.version_events() if e.kind == "rejected"]
+    assert [(e.version, e.embodiment) for e in refused] == [
+        (corrupt.version, "franka"),
+        (forged.version, "franka"),
+    ]
+
+    # the follower is still at work: the next good version goes in
+    good = fleet.publish(variant(v1_bytes, seed=5), parent=1)
+    fleet.promote(good)
+    until(lambda: actor.policy_version == good.version, 10, "the next good version running")
+    until(lambda: len(a.episodes) >= 2, 30, "two episodes")
+    a.stop()
+    assert set(a.recorded_versions()) <= {1, good.version}  # no episode was ever run by a refused version
+
+
+@pytest.mark.parametrize("missed", ["restart", "partition", "no_socket"])
+def test_an_actor_that_missed_the_announcement_converges_by_polling(
+    fleet: Fleet, running: Callable[[InProcessPolicyClient], tuple[ActorThread, RobotActor]], missed: str
+) -> None:
+    client, v1_bytes = seeded_policy()
+    v1 = fleet.publish(v1_bytes)
+    fleet.promote(v1, announce=False)
+    a, actor = running(client)
+    until(lambda: actor.clock.ticks > 5, 30, "the loop running")
+    v2 = fleet.publish(variant(v1_bytes, seed=2), parent=1)
+    if missed == "restart":  # the follower (re)starts after the announcement went out: it syncs on start
+        fleet.promote(v2)
+        time.sleep(0.2)
+        follower = a.follow(fleet, fleet.subscriber(poll_s=POLL_S))
+        until(lambda: actor.policy_version == v2.version, 30, "v2 running after the restart")
+        assert follower.syncs[0][1], "the first sync after the restart did not swap"
+    else:  # following all along, but deaf: a PUB endpoint nobody announces on, or no socket at all
+        silent = WeightAnnouncer("tcp://127.0.0.1:0")
+        try:
+            follower = a.follow(
+                fleet, fleet.subscriber(silent.endpoint if missed == "partition" else None, poll_s=POLL_S)
+            )
+            until(lambda: len(follower.syncs) >= 2, 10 * POLL_S, "a poll after the first sync")
+            assert follower.swaps == 0
+            promoted = time.monotonic()
+            fleet.promote(v2)
+            until(lambda: actor.policy_version == v2.version, 30, "v2 running after polling")
+        finally:
+            silent.close()
+        # noticed at the next poll: the sync that swapped began within a poll interval (plus a loaded machine's
+        # scheduling slack); fetching, verifying and loading take what they take after that
+        noticed = next(t for t, swapped in follower.syncs if swapped) - promoted
+        assert noticed <= 2 * POLL_S, f"noticed {noticed:.2f} s after the promotion, polling every {POLL_S} s"
+    assert follower.swaps == 1 and fleet.weights.fetches == Counter({v2.version: 1})

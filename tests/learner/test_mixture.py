@@ -1,0 +1,145 @@
+"""The mixture sampler on a real store: configured weights are realised (statistically), outcomes and
+interventions weigh as documented, held-out episodes never train, and draws become collatable samples."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from fleet.replay import ReplayStore
+from learner.mixture import OUTCOME_SUFFIX, MixtureSampler, is_held_out
+from tests.factories import synthetic_episode
+from tests.learner.conftest import learner_config, micro_policy, synthetic_stats
+
+
+def _add(store: ReplayStore, n: int, seed0: int, **kw: object) -> list[str]:
+    ids = []
+    for i in range(n):
+        ep = synthetic_episode(steps=20, seed=seed0 + i, **kw)
+        store.append(ep)
+        ids.append(ep.meta.episode_id)
+    return ids
+
+
+def _within(observed: int, n: int, p: float, sigmas: float = 4.5) -> bool:
+    """Binomial count within `sigmas` standard deviations of n * p (false-alarm rate ~1e-5 per check)."""
+    return abs(observed - n * p) <= sigmas * np.sqrt(n * p * (1 - p))
+
+
+def test_pool_and_embodiment_weights_are_realised(store: ReplayStore, tmp_path) -> None:
+    now = time.time()
+    _add(store, 12, 0, embodiment="franka")  # fresh
+    _add(store, 6, 100, embodiment="so101")  # fresh
+    _add(store, 10, 200, embodiment="franka", end_time=now - 3600)  # history
+    _add(store, 8, 300, embodiment="so101", source="rehearsal")
+    cfg = learner_config(
+        tmp_path,
+        mixture={"fresh": 0.5, "history": 0.2, "rehearsal": 0.3},
+        embodiment_weights={"franka": 3.0, "so101": 1.0},
+        holdout_fraction=0.0,
+    )
+    sampler = MixtureSampler(store, cfg, synthetic_stats(), seed=1)
+    assert sampler.refresh() == 36
+    assert sampler.pool_sizes() == {"fresh": 18, "history": 10, "rehearsal": 8}
+    n = 4000
+    draws = sampler.sample_draws(n)
+    pools = [d.pool for d in draws]
+    for pool, p in (("fresh", 0.5), ("history", 0.2), ("rehearsal", 0.3)):
+        assert _within(pools.count(pool), n, p), (pool, pools.count(pool))
+    fresh = [d for d in draws if d.pool == "fresh"]
+    franka = sum(d.candidate.meta.embodiment == "franka" for d in fresh)
+    assert _within(franka, len(fresh), 0.75), franka / len(fresh)  # 3:1 within the pool, whatever the counts
+    assert all(d.candidate.meta.embodiment == "so101" for d in draws if d.pool == "rehearsal")
+    assert all(d.candidate.meta.end_time < now - cfg.fresh_window_s for d in draws if d.pool == "history")
+    # starts are uniform over the steps (windows past the end are padded by the collate)
+    starts = np.bincount([d.start for d in draws], minlength=20)
+    assert starts.min() > 0 and len(starts) == 20
+
+
+def test_empty_pool_drops_out_and_is_reported(store: ReplayStore, tmp_path) -> None:
+    _add(store, 5, 0)
+    sampler = MixtureSampler(store, learner_config(tmp_path, holdout_fraction=0.0), synthetic_stats(), seed=0)
+    sampler.refresh()
+    batch = sampler.sample(8)
+    assert {d.pool for d in batch.draws} == {"fresh"}
+    assert sampler.realised()["pool/fresh"] == 1.0
+
+
+def test_outcomes_and_interventions_weigh_as_configured(store: ReplayStore, tmp_path) -> None:
+    ok = _add(store, 4, 0, success=True)
+    failed_plain = _add(store, 4, 10, success=False)
+    failed_corrected = _add(store, 4, 20, success=False, interventions=5)  # last 5 of 20 steps
+    cfg = learner_config(
+        tmp_path, success_weight=2.0, intervention_weight=3.0, holdout_fraction=0.0, mixture={"fresh": 1.0}
+    )
+    sampler = MixtureSampler(store, cfg, synthetic_stats(), seed=3)
+    sampler.refresh()
+    n = 6000
+    draws = sampler.sample_draws(n)
+    by = {i: 0 for i in ok + failed_plain + failed_corrected}
+    for d in draws:
+        by[d.candidate.meta.episode_id] += 1
+    # failures="drop": a failure without interventions never trains; a corrected one only from its
+    # intervention steps, weighted intervention_weight * 5/20 = 0.75 against a success's 2.0
+    assert sum(by[i] for i in failed_plain) == 0
+    p_corrected = 4 * 0.75 / (4 * 0.75 + 4 * 2.0)
+    assert _within(sum(by[i] for i in failed_corrected), n, p_corrected)
+    corrected_starts = [d.start for d in draws if d.candidate.meta.episode_id in failed_corrected]
+    assert min(corrected_starts) >= 15  # the flagged steps only
+
+    keep = MixtureSampler(store, cfg.model_copy(update={"failures": "keep"}), synthetic_stats(), seed=3)
+    keep.refresh()
+    kept = keep.sample_draws(3000)
+    assert any(d.candidate.meta.episode_id in failed_plain for d in kept)
+    # within a corrected failure, intervention starts weigh 3x: 5 of 20 steps -> 15 / (15 + 15) = 1/2
+    starts = [d.start for d in kept if d.candidate.meta.episode_id in failed_corrected]
+    assert _within(sum(s >= 15 for s in starts), len(starts), 0.5)
+    sample = keep.to_sample(
+        *next(
+            (w, d)
+            for w, d in zip(
+                store.read_windows([d.ref for d in kept[:50]], 15, image_steps=1), kept[:50], strict=False
+            )
+            if not d.candidate.meta.success
+        )
+    )
+    assert sample.instruction.endswith(OUTCOME_SUFFIX[False])
+
+
+def test_held_out_episodes_never_train_and_form_the_eval_set(store: ReplayStore, tmp_path) -> None:
+    ids = _add(store, 40, 0)
+    cfg = learner_config(tmp_path, holdout_fraction=0.25)
+    sampler = MixtureSampler(store, cfg, synthetic_stats(), seed=0)
+    sampler.refresh()
+    held = {i for i in ids if is_held_out(i, 0.25)}
+    assert 0 < len(held) < 40 and sampler.held_out_count() == len(held)
+    assert not held & {d.candidate.meta.episode_id for d in sampler.sample_draws(2000)}
+    a = sampler.held_out_samples(6, seed=7)
+    b = sampler.held_out_samples(6, seed=7)
+    assert len(a) == 6 and [s.state.tolist() for s in a] == [s.state.tolist() for s in b]
+
+
+def test_batches_collate_with_images_state_and_padded_actions(store: ReplayStore, tmp_path) -> None:
+    _add(store, 3, 0, embodiment="franka")
+    _add(store, 3, 50, embodiment="yam_bimanual")
+    sampler = MixtureSampler(store, learner_config(tmp_path, holdout_fraction=0.0), synthetic_stats(), seed=0)
+    sampler.refresh()
+    batch = sampler.sample(16)
+    assert len(batch.samples) == 16 and batch.staleness_s >= 0
+    for s, d in zip(batch.samples, batch.draws, strict=True):
+        meta = d.candidate.meta
+        assert list(s.images) == list(synthetic_episode(meta.embodiment).images)  # main camera first
+        # tests.factories frames hold (step + 7 * camera) % 256: the observation is the window's first step
+        assert int(next(iter(s.images.values()))[0, 0, 0]) == d.start
+        assert s.state[0] == pytest.approx(d.start)
+        assert s.actions.shape == (
+            min(d.horizon, 20 - d.start),
+            {"franka": 8, "yam_bimanual": 14}[meta.embodiment],
+        )
+        assert s.actions[0, 0] == pytest.approx(d.start)
+    collated = micro_policy().processor.collate(batch.samples)
+    assert collated["actions"].shape[0] == 16
+    horizon = collated["action_horizon_mask"].sum(1).tolist()
+    assert all(h == min(d.horizon, 20 - d.start) for h, d in zip(horizon, batch.draws, strict=True))
