@@ -185,14 +185,14 @@ def interleaved(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="~20 s instead of ~2 minutes")
-    ap.add_argument("--seconds", type=float, help="per side per round (default 8, quick 1.5)")
+    ap.add_argument("--seconds", type=float, help="per side per round (default 6, quick 1.5)")
     ap.add_argument("--rounds", type=int, help="rounds per mode (default 3, quick 1)")
     ap.add_argument("--episodes", type=int, help="episodes in the store (default 48, quick 24)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="store decode threads")
     args = ap.parse_args(argv)
-    seconds = args.seconds or (1.5 if args.quick else 8.0)
+    seconds = args.seconds or (1.5 if args.quick else 6.0)
     rounds = args.rounds or (1 if args.quick else 3)
     episodes = args.episodes or (24 if args.quick else 48)
 

@@ -200,7 +200,9 @@ def actor(
         )
 
     try:
-        summary = run_actor(cfg, robot, embodiment, task, policy, episodes or None, seed=seed, on_episode=report)
+        summary = run_actor(
+            cfg, robot, embodiment, task, policy, episodes or None, seed=seed, on_episode=report
+        )
     except SpoolFull as e:  # the fleet's state, not a bug: what and why in one line, no traceback
         print(f"SpoolFull: {e}", file=sys.stderr, flush=True)
         raise typer.Exit(1) from None
