@@ -216,6 +216,11 @@ class ReplayStore:
                                               FrameLayout.unpack(layout) if layout else None))
         return [self._meta_cache[i].meta if i in self._meta_cache else None for i in ids]
 
+    def num_steps(self, ids: list[str]) -> list[int | None]:
+        """Step counts of stored episodes (None: not stored); cached with the metadata."""
+        self.metas(ids)
+        return [self._meta_cache[i].n if i in self._meta_cache else None for i in ids]
+
     def _remember(self, i: str, c: _Cached) -> None:
         self._meta_cache[i] = c
         if len(self._meta_cache) > 100_000:

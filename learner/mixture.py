@@ -107,20 +107,6 @@ class _Stratum:
         return self.items[bisect.bisect_right(self.cum, rng.random() * self.total)]
 
 
-def episode_steps(store: ReplayStore, ids: list[str]) -> list[int | None]:
-    """Step counts of stored episodes (None: not stored).
-
-    The store caches them with the metadata it reads for ``metas``; it has no public accessor yet, so this reads
-    the cache it just filled (one round trip for ids not seen before) and uses ``store.num_steps`` once it exists.
-    """
-    accessor = getattr(store, "num_steps", None)
-    if accessor is not None:
-        return list(accessor(ids))
-    store.metas(ids)
-    cache = store._meta_cache
-    return [cache[i].n if i in cache else None for i in ids]
-
-
 class MixtureSampler:
     """Draws training windows from the replay store by the configured mixture and builds PolicySamples."""
 
@@ -183,7 +169,7 @@ class MixtureSampler:
         if not ids:
             return
         metas = self.store.metas(ids)
-        steps = episode_steps(self.store, ids)
+        steps = self.store.num_steps(ids)
         for i, m, n in zip(ids, metas, steps, strict=True):
             if m is None or n is None or m.source not in (*self.cfg.fleet_sources, "rehearsal"):
                 continue
@@ -321,6 +307,7 @@ class MixtureSampler:
             instruction=instruction,
             embodiment=d.candidate.tag,
             actions=np.asarray(w.action[: d.horizon], dtype=np.float32),  # (<= horizon, A)
+            depth=w.depth[0] if w.depth is not None and len(w.depth) else None,  # MolmoThink targets (H, W)
         )
 
     # ------------------------------------------------------------------------------------------ eval set

@@ -118,8 +118,8 @@ def mutated_episode(draw: st.DrawFn, fresh_id: bool = True) -> bytes:
         elif kind == "poison" and isinstance(tree.get("low"), dict):
             name = draw(st.sampled_from(["state", "action", "timestamp"]))
             rec = tree["low"].get(name)
-            if isinstance(rec, dict) and isinstance(rec.get("data"), bytes):
-                dtype = "<f8" if name == "timestamp" else "<f4"
+            dtype = "<f8" if name == "timestamp" else "<f4"
+            if isinstance(rec, dict) and isinstance(rec.get("data"), bytes) and len(rec["data"]) % np.dtype(dtype).itemsize == 0:
                 a = np.frombuffer(rec["data"], dtype).copy()
                 if a.size:
                     a[draw(st.integers(0, a.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
