@@ -4,7 +4,7 @@ A background thread wakes on a weight announcement (ZeroMQ) or every poll interv
 restarts, partitions), reads the rollout state from Redis, and when the robot's target version differs from
 what it runs: fetches the version in chunks, verifies sha256 and signature (a bad version, or one that does not
 load into this model, is rejected, logged, counted in the heartbeat, recorded on the status board, and never
-retried; the old one keeps running), loads it into a standby copy of the policy, and hands
+retried; the robot keeps running the champion meanwhile), loads it into a standby copy of the policy, and hands
 that copy to the actor, which switches between two chunks. The client it replaced is kept as the standby, so
 going back one version (a rollback) is a swap with no fetch at all.
 """
@@ -54,7 +54,12 @@ class WeightFollower:
             self._standby.close()
 
     def target(self) -> int:
-        return self.board.rollout_state().target_version(self.actor.robot_id)
+        """The version the rollout assigns this robot; the champion instead while that is a version this robot
+        refused (a canary that failed verification must not leave it on whatever it ran before: the seed
+        policy, after a restart)."""
+        st = self.board.rollout_state()
+        target = st.target_version(self.actor.robot_id)
+        return st.champion if target in self.rejected else target
 
     def _reject(self, version: int, reason: str, current: int) -> None:
         self.rejected.add(version)

@@ -36,6 +36,7 @@ from fleet.config import ActorSpec, FleetConfig
 from fleet.orchestrator import Orchestrator
 from fleet.redis_server import free_port, redis_for
 from fleet.replay import ReplayStore
+from fleet.rollout import RolloutController
 from fleet.status import StatusBoard
 from fleet.weights import WeightStore
 
@@ -156,9 +157,11 @@ class DemoRun:
         rates["fleet"] = float(np.mean([rates[s.embodiment] for s in self.cfg.actors.robots]))
         return rates
 
-    def maybe_inject(self, orch: Orchestrator, weights: WeightStore, elapsed: float, duration: float) -> None:
-        """Corrupted at 35% of the run (every actor must reject it), degraded at 55% (must be rolled back)."""
-        champion = StatusBoard(orch.client, self.cfg.replay.prefix).rollout_state().champion
+    def maybe_inject(self, orch: Orchestrator, controller: RolloutController, weights: WeightStore, elapsed: float,
+                     duration: float) -> None:
+        """Corrupted at 35% of the run (every actor must reject it), degraded at 55% (must be rolled back). Each
+        goes on the canary cohort at once: left to the gate's queue, a newer learner version would skip it."""
+        champion = controller.state.champion
         if not self.inject or champion == 0:
             return
         if "corrupted" not in self.injected and elapsed > 0.35 * duration:
@@ -173,6 +176,13 @@ class DemoRun:
             m = weights.publish(degrade(weights.fetch(champion)[1]), parent=champion, figures={"injected": 2.0})
             self.injected["degraded"] = m.version
             self.events.append(f"injected degraded v{m.version}")
+        else:
+            return
+        robots: dict[str, list[str]] = {}
+        for spec in self.cfg.actors.robots:
+            robots.setdefault(spec.embodiment, []).append(spec.robot_id)
+        controller.start_canary(m.version, robots)
+        orch.last_canaried = m.version
 
     # ------------------------------------------------------------------------------------------ view
 
@@ -241,8 +251,11 @@ class DemoRun:
                 statuses: dict[str, dict[str, Any]] = {}
                 with Live(console=self.console, refresh_per_second=1, transient=False) as live:
                     while (elapsed := time.monotonic() - t0) < duration:
-                        orch.tick(controller, weights)
-                        self.maybe_inject(orch, weights, elapsed, duration)
+                        # the degraded canary holds the slot until the gate has judged it (no newer version
+                        # supersedes it): the demo is there to show the rollback
+                        judging = self.injected.get("degraded") == controller.state.canary
+                        orch.tick(controller, None if judging else weights)
+                        self.maybe_inject(orch, controller, weights, elapsed, duration)
                         statuses = orch.statuses()
                         live.update(self.view(store, board, statuses, elapsed))
                         time.sleep(1.0)
@@ -289,6 +302,11 @@ class DemoRun:
             "versions_published": sorted({e.version for e in events if e.kind in ("canary", "promoted")}),
             "promoted": [e.version for e in events if e.kind == "promoted"],
             "rolled_back": [e.version for e in events if e.kind == "rolled_back"],
+            # the gate's verdicts per embodiment (rolled_back also lists canaries superseded by a newer version)
+            "decisions": [d.model_dump(include={"version", "champion", "embodiment", "decision", "canary_episodes",
+                                                "canary_successes", "champion_episodes", "champion_successes",
+                                                "statistic"})
+                          for d in board.rollout_decisions(1000) if d.decision != "wait"],
             "injected": self.injected,
             "rejected_by_actors": {k: v.get("rejected", []) for k, v in final.items() if k in robots},
             "swaps": {k: v.get("swaps", 0) for k, v in final.items() if k in robots},
