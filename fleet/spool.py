@@ -31,8 +31,15 @@ class SpoolFull(RuntimeError):
 
 
 class Spool:
-    def __init__(self, directory: str | Path, deliver: Callable[[bytes], object], max_bytes: float = 4 << 30,
-                 retry_initial_s: float = 0.2, retry_max_s: float = 5.0, chunk_steps: int = 32):
+    def __init__(
+        self,
+        directory: str | Path,
+        deliver: Callable[[bytes], object],
+        max_bytes: float = 4 << 30,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 5.0,
+        chunk_steps: int = 32,
+    ):
         """``deliver(blob)`` hands wire bytes to the store and returns once they are acknowledged; it raises
         (redis.RedisError, OSError, TimeoutError) when the store is unreachable."""
         self.dir = Path(directory).expanduser()
@@ -60,9 +67,11 @@ class Spool:
         when the disk is full (nothing already spooled is touched)."""
         blob = encode_episode(episode, self.chunk_steps) if isinstance(episode, Episode) else episode
         if self.backlog_bytes() + len(blob) > self.max_bytes:
-            raise SpoolFull(f"spool {self.dir} holds {self.backlog_bytes() / 1e6:.1f} MB, limit "
-                            f"{self.max_bytes / 1e6:.1f} MB: the replay store has been unreachable "
-                            f"({self.last_error or 'no error seen'})")
+            raise SpoolFull(
+                f"spool {self.dir} holds {self.backlog_bytes() / 1e6:.1f} MB, limit "
+                f"{self.max_bytes / 1e6:.1f} MB: the replay store has been unreachable "
+                f"({self.last_error or 'no error seen'})"
+            )
         with self._lock:
             self._seq += 1
             # time-ordered names: delivery goes oldest first, also across restarts
@@ -77,9 +86,11 @@ class Spool:
         except OSError as e:
             tmp.unlink(missing_ok=True)  # half an episode is none: do not leave it taking the space
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise SpoolFull(f"spool {self.dir}: the disk is full ({e.strerror}) with "
-                                f"{self.backlog_bytes() / 1e6:.1f} MB not yet delivered: the replay store has "
-                                f"been unreachable ({self.last_error or 'no error seen'})") from e
+                raise SpoolFull(
+                    f"spool {self.dir}: the disk is full ({e.strerror}) with "
+                    f"{self.backlog_bytes() / 1e6:.1f} MB not yet delivered: the replay store has "
+                    f"been unreachable ({self.last_error or 'no error seen'})"
+                ) from e
             raise
         os.replace(tmp, final)
         dir_fd = os.open(self.dir, os.O_RDONLY)
@@ -136,8 +147,19 @@ class Spool:
             except (redis.RedisError, OSError, TimeoutError) as e:
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("spool %s: store unreachable (%s); %d pending, retry in %.1f s",
-                            self.dir, self.last_error, len(self.pending()), delay)
+                log.warning(
+                    "spool %s: store unreachable (%s); %d pending, retry in %.1f s",
+                    self.dir,
+                    self.last_error,
+                    len(self.pending()),
+                    delay,
+                )
+                self._stop.wait(delay)
+                delay = min(self.retry_max_s, delay * 2)
+            except Exception as e:  # anything else must not end delivery silently: log it, back off, go on
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("spool %s: delivery failed; retry in %.1f s", self.dir, delay)
                 self._stop.wait(delay)
                 delay = min(self.retry_max_s, delay * 2)
 

@@ -39,7 +39,9 @@ def plan() -> Plan:
 
 
 @pytest.fixture(scope="session")
-def ledger(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[FaultRecord]]:
+def ledger(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[FaultRecord]]:
     records: list[FaultRecord] = []
     request.config.stash[_LEDGER] = records
     yield records
@@ -71,11 +73,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         return
     tr = terminalreporter
     tr.section(f"fault injection ({'long' if LONG else 'short'} run)")
-    tr.write_line(f"{'fault':<34} {'injected':>8} {'in flight':>9} {'lost':>5} {'dup':>4} {'recovery s':>10}  detail")
+    tr.write_line(
+        f"{'fault':<34} {'injected':>8} {'in flight':>9} {'lost':>5} {'dup':>4} {'recovery s':>10}  detail"
+    )
     for r in records:
-        tr.write_line(f"{r.fault:<34} {r.injected:>8} {r.in_flight:>9} {r.lost:>5} {r.duplicated:>4} "
-                      f"{r.recovery_s:>10.2f}  {r.detail}")
-    tr.write_line(f"{'total':<34} {sum(r.injected for r in records):>8} {sum(r.in_flight for r in records):>9} "
-                  f"{sum(r.lost for r in records):>5} {sum(r.duplicated for r in records):>4}")
+        tr.write_line(
+            f"{r.fault:<34} {r.injected:>8} {r.in_flight:>9} {r.lost:>5} {r.duplicated:>4} "
+            f"{r.recovery_s:>10.2f}  {r.detail}"
+        )
+    tr.write_line(
+        f"{'total':<34} {sum(r.injected for r in records):>8} {sum(r.in_flight for r in records):>9} "
+        f"{sum(r.lost for r in records):>5} {sum(r.duplicated for r in records):>4}"
+    )
     if _REPORT in config.stash:
         tr.write_line(f"report: {config.stash[_REPORT]}")

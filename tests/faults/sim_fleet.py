@@ -16,12 +16,9 @@ are read, and the actors resume. Nothing is estimated.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import queue
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -37,6 +34,7 @@ from fleet.config import ReplayConfig
 from fleet.redis_server import EmbeddedRedis
 from fleet.replay import ReplayStore
 from fleet.spool import SUFFIX
+from tests.faults.spool_watch import SpoolWatch
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "mf"
@@ -57,51 +55,6 @@ ROBOTS = {
     "so101-01": ("so101", "reach"),
     "yam-01": ("yam_bimanual", "reach"),
 }
-
-
-# ---------------------------------------------------------------------------------------------- spool writes
-
-_IN_MOVED_TO = 0x00000080
-_IN_Q_OVERFLOW = 0x00004000
-_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name, len bytes)
-
-
-class SpoolWatch:
-    """Counts ``*.episode`` files renamed into a spool directory (Spool.put's last step) via inotify."""
-
-    def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        if libc.inotify_add_watch(self.fd, str(self.dir).encode(), _IN_MOVED_TO) < 0:
-            err = ctypes.get_errno()
-            os.close(self.fd)
-            raise OSError(err, f"inotify_add_watch {self.dir} failed")
-        self.written = 0
-
-    def count(self) -> int:
-        """Episodes spooled since the watch began (drains the kernel's event queue)."""
-        while True:
-            try:
-                buf = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return self.written
-            pos = 0
-            while pos < len(buf):
-                _, mask, _, length = _EVENT.unpack_from(buf, pos)
-                name = buf[pos + _EVENT.size : pos + _EVENT.size + length].rstrip(b"\0")
-                pos += _EVENT.size + length
-                if mask & _IN_Q_OVERFLOW:  # events were dropped: the count would be a guess
-                    raise RuntimeError(f"inotify queue overflow on {self.dir}: spool writes not counted")
-                if mask & _IN_MOVED_TO and name.endswith(SUFFIX.encode()):
-                    self.written += 1
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -137,8 +90,9 @@ class FleetRedis:
 
     def restart(self) -> None:
         s = self.server
-        self.server = EmbeddedRedis(s.data_dir, password=s.password, port=s.port, appendfsync="always",
-                                    maxmemory_mb=s.maxmemory_mb).start()
+        self.server = EmbeddedRedis(
+            s.data_dir, password=s.password, port=s.port, appendfsync="always", maxmemory_mb=s.maxmemory_mb
+        ).start()
 
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
@@ -160,22 +114,59 @@ class FleetRedis:
 class ActorProcess:
     """`python -m fleet.cli_actor` for one robot; ``netns``: run it inside that network namespace."""
 
-    def __init__(self, robot: str, embodiment: str, task: str, data: Path, redis_url: str, password: str,
-                 sets: Iterable[str] = (), netns: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        robot: str,
+        embodiment: str,
+        task: str,
+        data: Path,
+        redis_url: str,
+        password: str,
+        sets: Iterable[str] = (),
+        netns: str | None = None,
+        seed: int = 0,
+    ):
         self.robot = robot
         self.log_path = data / "logs" / f"{robot}.{time.monotonic_ns()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "MOLMOFLEET_REDIS_PASSWORD": password, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "MOLMOFLEET_REDIS_PASSWORD": password,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         env.setdefault("MUJOCO_GL", "egl")
-        cmd = [*(["ip", "netns", "exec", netns] if netns else []), sys.executable, "-m", "fleet.cli_actor",
-               "--robot", robot, "--embodiment", embodiment, "--task", task, "--policy", "scripted",
-               "--episodes", "0", "--seed", str(seed)]
-        for item in (f"data_dir={data}", f"spool.dir={data / 'spool'}", f"redis.url={redis_url}", *ACTOR_SETS,
-                     *sets):
+        cmd = [
+            *(["ip", "netns", "exec", netns] if netns else []),
+            sys.executable,
+            "-m",
+            "fleet.cli_actor",
+            "--robot",
+            robot,
+            "--embodiment",
+            embodiment,
+            "--task",
+            task,
+            "--policy",
+            "scripted",
+            "--episodes",
+            "0",
+            "--seed",
+            str(seed),
+        ]
+        for item in (
+            f"data_dir={data}",
+            f"spool.dir={data / 'spool'}",
+            f"redis.url={redis_url}",
+            *ACTOR_SETS,
+            *sets,
+        ):
             cmd += ["--set", item]
         self._log = self.log_path.open("wb")
         # ip netns exec execs the command: the pid is the actor's either way
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
         self.printed: list[str] = []  # ids of the episodes it announced
         self.output: list[str] = []
         self._lines: queue.Queue[str] = queue.Queue()
@@ -256,16 +247,24 @@ class Audit:
     lost: int  # sent but not stored
     duplicated: int  # stored more than once: count beyond sent, or the same (robot, seed, start) twice
     deadletters: int
-    unlisted: list[str] = field(default_factory=list)  # announced ids ("episode ..." lines) missing from the store
+    # announced ids (the actors' "episode ..." lines) the store never took
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def exact(self) -> bool:
-        return self.sent == self.stored and not self.lost and not self.duplicated and not self.deadletters \
+        return (
+            self.sent == self.stored
+            and not self.lost
+            and not self.duplicated
+            and not self.deadletters
             and not self.unlisted
+        )
 
     def __str__(self) -> str:
-        return (f"sent={self.sent} stored={self.stored} lost={self.lost} duplicated={self.duplicated} "
-                f"deadletters={self.deadletters} unlisted={self.unlisted[:3]}")
+        return (
+            f"sent={self.sent} stored={self.stored} lost={self.lost} duplicated={self.duplicated} "
+            f"deadletters={self.deadletters} unlisted={self.unlisted[:3]}"
+        )
 
 
 @dataclass
@@ -279,6 +278,14 @@ class FaultRecord:
     duplicated: int
     recovery_s: float  # fault lifted -> everything in flight stored and every actor spooling again (max)
     detail: str = ""
+
+    @classmethod
+    def checked(
+        cls, audit: Audit, fault: str, flight: list[int], recovery: list[float], detail: str
+    ) -> FaultRecord:
+        """The record of ``fault`` (injected once per ``recovery`` entry), once its audit is exact."""
+        assert audit.exact, f"{fault}: {audit}"
+        return cls(fault, len(recovery), max(flight), audit.lost, audit.duplicated, max(recovery), detail)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -311,8 +318,9 @@ class SimFleet:
             self.watches[robot] = SpoolWatch(self.spool_dir(robot))
         return self.watches[robot]
 
-    def start_actor(self, robot: str, sets: Iterable[str] = (), netns: str | None = None,
-                    redis_url: str | None = None) -> ActorProcess:
+    def start_actor(
+        self, robot: str, sets: Iterable[str] = (), netns: str | None = None, redis_url: str | None = None
+    ) -> ActorProcess:
         """Start (or restart, over the same spool) the actor of ``robot``."""
         emb, task = ROBOTS[_base(robot)]
         self.watch(robot)
@@ -321,8 +329,9 @@ class SimFleet:
             self._collect(old)
             old.close()
         seed = 1000 * len(self.printed.get(robot, ())) + 17 * len(self.actors)  # fresh seeds after a restart
-        a = ActorProcess(robot, emb, task, self.root, redis_url or self.redis_url, self.password, sets, netns,
-                         seed=seed)
+        a = ActorProcess(
+            robot, emb, task, self.root, redis_url or self.redis_url, self.password, sets, netns, seed=seed
+        )
         self.actors[robot] = a
         return a
 
@@ -373,20 +382,17 @@ class SimFleet:
         got: Counter[str] = Counter()
         for row in self.store.outcome_totals():
             got[str(row["robot"])] += int(row["episodes"])  # type: ignore[call-overload]
-        return {robot: got.get(robot, 0) for robot in self.watches} | {r: n for r, n in got.items()
-                                                                        if r not in self.watches}
+        return {robot: got.get(robot, 0) for robot in self.watches} | {
+            r: n for r, n in got.items() if r not in self.watches
+        }
 
     def pending(self, robots: Iterable[str] | None = None) -> int:
         """Episodes on disk in the spools (not yet acknowledged by the store)."""
         return sum(len(list(self.spool_dir(r).glob(f"*{SUFFIX}"))) for r in (robots or self.watches))
 
-    def in_flight(self) -> int:
-        """Episodes spooled and not yet stored: stored is read first, so a delivery in between cannot hide one."""
-        stored = self.stored()
-        return sum(max(0, n - stored.get(r, 0)) for r, n in self.sent().items())
-
-    def wait_recovered(self, timeout_s: float, since_sent: dict[str, int] | None = None,
-                       producing: Iterable[str] = ()) -> float:
+    def wait_recovered(
+        self, timeout_s: float, since_sent: dict[str, int] | None = None, producing: Iterable[str] = ()
+    ) -> float:
         """Seconds until every episode spooled so far is stored (the fleet's own delivery, no help) and every
         robot in ``producing`` spooled a new episode since ``since_sent``. Raises TimeoutError."""
         t0 = time.monotonic()
@@ -400,10 +406,13 @@ class SimFleet:
                 return time.monotonic() - t0
             dead = [a.robot for a in self.actors.values() if not a.alive() and a.robot in producing]
             if dead:
-                raise RuntimeError(f"actors {dead} died:\n" + "\n".join(self.actors[r].log_text()[-3000:]
-                                                                        for r in dead))
+                raise RuntimeError(
+                    f"actors {dead} died:\n" + "\n".join(self.actors[r].log_text()[-3000:] for r in dead)
+                )
             if time.monotonic() - t0 > timeout_s:
-                raise TimeoutError(f"not recovered after {timeout_s} s: sent {self.sent()} stored {self.stored()}")
+                raise TimeoutError(
+                    f"not recovered after {timeout_s} s: sent {self.sent()} stored {self.stored()}"
+                )
             time.sleep(0.1)
 
     def wait_sent(self, robot: str, n: int, timeout_s: float) -> None:
@@ -457,12 +466,18 @@ class SimFleet:
         metas = [m for m in self.store.metas(ids) if m is not None and m.robot_id in keep]
         # a resend under a new id would be the same recording twice: same robot, seed and start time
         twice = len(metas) - len({(m.robot_id, m.seed, m.start_time) for m in metas})
-        listed = set(ids)
-        unlisted = sorted(i for r in keep for i in self.printed.get(r, ()) if i not in listed)
-        return Audit(sent=sent, stored=stored,
-                     lost=sum(max(0, n - stored[r]) for r, n in sent.items()),
-                     duplicated=max(twice, sum(max(0, stored[r] - n) for r, n in sent.items())),
-                     deadletters=self.store.stats().deadletters, unlisted=unlisted)
+        announced = sorted(i for r in keep for i in self.printed.get(r, ()))
+        # every id the store ever accepted is in its seen set, also after the episode was evicted
+        accepted = self.store.r.smismember(f"{PREFIX}:seen", announced) if announced else []
+        unlisted = [i for i, ok in zip(announced, accepted, strict=True) if not ok]
+        return Audit(
+            sent=sent,
+            stored=stored,
+            lost=sum(max(0, n - stored[r]) for r, n in sent.items()),
+            duplicated=max(twice, sum(max(0, stored[r] - n) for r, n in sent.items())),
+            deadletters=self.store.stats().deadletters,
+            unlisted=unlisted,
+        )
 
 
 def _base(robot: str) -> str:

@@ -20,20 +20,14 @@ from tests.faults.sim_fleet import FaultRecord, SimFleet
 pytestmark = pytest.mark.faults
 
 
-def _record(fleet: SimFleet, name: str, robots: list[str] | None, flight: list[int], recovery: list[float],
-            detail: str) -> FaultRecord:
-    audit = fleet.audit(robots)
-    assert audit.exact, f"{name}: {audit}"
-    return FaultRecord(name, len(recovery), max(flight), audit.lost, audit.duplicated, max(recovery), detail)
-
-
 def _beat(fleet: SimFleet, robot: str) -> Heartbeat:
     (hb,) = [h for h in StatusBoard(fleet.store.r).heartbeats() if h.robot_id == robot]
     return hb
 
 
-def test_actor_sigkill_then_restart_resends_its_spool(fleet: SimFleet, plan: Plan,
-                                                      ledger: list[FaultRecord]) -> None:
+def test_actor_sigkill_then_restart_resends_its_spool(
+    fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]
+) -> None:
     assert fleet.redis is not None
     flight, recovery = [], []
     for i in range(plan.repeats):
@@ -52,8 +46,15 @@ def test_actor_sigkill_then_restart_resends_its_spool(fleet: SimFleet, plan: Pla
         fleet.wait_recovered(plan.recover_s, producing=[victim])
         flight.append(on_disk)
         recovery.append(time.monotonic() - t)
-    ledger.append(_record(fleet, "actor SIGKILL + restart", None, flight, recovery,
-                          "store paused meanwhile; recovery includes the process start"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit(),
+            "actor SIGKILL + restart",
+            flight,
+            recovery,
+            "store paused meanwhile; recovery includes the process start",
+        )
+    )
 
 
 def test_actor_paused_past_heartbeat_timeouts(fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]) -> None:
@@ -74,8 +75,15 @@ def test_actor_paused_past_heartbeat_timeouts(fleet: SimFleet, plan: Plan, ledge
             assert time.monotonic() - t < plan.recover_s, f"{victim} never beat again"
             time.sleep(0.1)
         recovery.append(time.monotonic() - t)
-    ledger.append(_record(fleet, "actor SIGSTOP/SIGCONT", None, flight, recovery,
-                          f"paused {max(plan.outage_s, STALE_AFTER_S + 1.0):.0f} s > stale after {STALE_AFTER_S:.0f} s"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit(),
+            "actor SIGSTOP/SIGCONT",
+            flight,
+            recovery,
+            f"paused {max(plan.outage_s, STALE_AFTER_S + 1.0):.0f} s > stale after {STALE_AFTER_S:.0f} s",
+        )
+    )
 
 
 def _fill_until_refused(fleet: SimFleet, robot: str, sets: list[str]) -> tuple[int, str]:
@@ -100,15 +108,23 @@ def _deliver_with_restart(fleet: SimFleet, robot: str, plan: Plan) -> float:
     return took
 
 
-def test_spool_full_is_a_clear_error_and_keeps_what_it_holds(fleet: SimFleet, plan: Plan,
-                                                              ledger: list[FaultRecord]) -> None:
+def test_spool_full_is_a_clear_error_and_keeps_what_it_holds(
+    fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]
+) -> None:
     robot = "franka-spoolcap"
     spooled, log = _fill_until_refused(fleet, robot, ["spool.max_mb=0.3"])
     # the error names the spool, its limit and why it filled
     assert "SpoolFull" in log and "limit 0 MB" not in log and "the replay store has been unreachable" in log
     recovery = _deliver_with_restart(fleet, robot, plan)
-    ledger.append(_record(fleet, "spool full (spool.max_mb)", [robot], [spooled], [recovery],
-                          "0.3 MB limit, store unreachable"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit([robot]),
+            "spool full (spool.max_mb)",
+            [spooled],
+            [recovery],
+            "0.3 MB limit, store unreachable",
+        )
+    )
 
 
 @pytest.fixture
@@ -116,11 +132,14 @@ def tiny_disk(fleet: SimFleet) -> Iterator[Path]:
     """The spool directory of robot ``so101-diskfull`` on a 512 KiB tmpfs (skipped where mount is refused)."""
     where = fleet.spool_dir("so101-diskfull")
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs for the spool here ({done.stderr.strip()}); "
-                    "the spool.max_mb test covers a full spool")
+        pytest.skip(
+            f"cannot mount a small tmpfs for the spool here ({done.stderr.strip()}); "
+            "the spool.max_mb test covers a full spool"
+        )
     try:
         yield where
     finally:
@@ -132,12 +151,20 @@ def tiny_disk(fleet: SimFleet) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_disk_full_is_a_clear_error_and_keeps_what_it_holds(fleet: SimFleet, plan: Plan, tiny_disk: Path,
-                                                             ledger: list[FaultRecord]) -> None:
+def test_disk_full_is_a_clear_error_and_keeps_what_it_holds(
+    fleet: SimFleet, plan: Plan, tiny_disk: Path, ledger: list[FaultRecord]
+) -> None:
     robot = "so101-diskfull"
     spooled, log = _fill_until_refused(fleet, robot, [])
     assert "SpoolFull" in log and "disk is full" in log
     assert list(tiny_disk.glob("*.tmp")) == []  # the episode that did not fit left no partial file behind
     recovery = _deliver_with_restart(fleet, robot, plan)
-    ledger.append(_record(fleet, "spool disk full (512 KiB tmpfs)", [robot], [spooled], [recovery],
-                          "ENOSPC, store unreachable"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit([robot]),
+            "spool disk full (512 KiB tmpfs)",
+            [spooled],
+            [recovery],
+            "ENOSPC, store unreachable",
+        )
+    )

@@ -16,14 +16,9 @@ from tests.faults.sim_fleet import FaultRecord, SimFleet
 pytestmark = pytest.mark.faults
 
 
-def _audited(fleet: SimFleet, name: str, plan: Plan, flight: list[int], recovery: list[float],
-             detail: str) -> FaultRecord:
-    audit = fleet.audit()
-    assert audit.exact, f"{name}: {audit}"
-    return FaultRecord(name, len(recovery), max(flight), audit.lost, audit.duplicated, max(recovery), detail)
-
-
-def test_redis_sigkill_then_restart_on_its_aof(fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]) -> None:
+def test_redis_sigkill_then_restart_on_its_aof(
+    fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]
+) -> None:
     assert fleet.redis is not None
     flight, recovery = [], []
     for _ in range(plan.repeats):
@@ -38,8 +33,15 @@ def test_redis_sigkill_then_restart_on_its_aof(fleet: SimFleet, plan: Plan, ledg
         assert sum(fleet.stored().values()) >= acknowledged
         flight.append(fleet.pending())
         recovery.append(fleet.wait_recovered(plan.recover_s, producing=plan.robots))
-    ledger.append(_audited(fleet, "redis-server SIGKILL + restart", plan, flight, recovery,
-                           f"down {plan.outage_s:.0f} s, AOF fsync always"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit(),
+            "redis-server SIGKILL + restart",
+            flight,
+            recovery,
+            f"down {plan.outage_s:.0f} s, AOF fsync always",
+        )
+    )
 
 
 def test_redis_paused_past_client_timeouts(fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]) -> None:
@@ -57,8 +59,15 @@ def test_redis_paused_past_client_timeouts(fleet: SimFleet, plan: Plan, ledger: 
             fleet.redis.resume()
         flight.append(fleet.pending())
         recovery.append(fleet.wait_recovered(plan.recover_s, producing=plan.robots))
-    ledger.append(_audited(fleet, "redis-server SIGSTOP/SIGCONT", plan, flight, recovery,
-                           f"paused {plan.outage_s:.0f} s, socket timeout 1 s"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit(),
+            "redis-server SIGSTOP/SIGCONT",
+            flight,
+            recovery,
+            f"paused {plan.outage_s:.0f} s, socket timeout 1 s",
+        )
+    )
 
 
 def test_redis_refusing_writes_at_maxmemory(fleet: SimFleet, plan: Plan, ledger: list[FaultRecord]) -> None:
@@ -74,7 +83,9 @@ def test_redis_refusing_writes_at_maxmemory(fleet: SimFleet, plan: Plan, ledger:
                     admin.set("mf:probe", b"x")
                 stuck = fleet.pending()
                 time.sleep(plan.outage_s)
-                assert fleet.pending() > stuck, "episodes should pile up in the spools while Redis refuses them"
+                assert fleet.pending() > stuck, (
+                    "episodes should pile up in the spools while Redis refuses them"
+                )
             finally:
                 admin.config_set("maxmemory", "0")
             flight.append(fleet.pending())
@@ -84,5 +95,12 @@ def test_redis_refusing_writes_at_maxmemory(fleet: SimFleet, plan: Plan, ledger:
     finally:
         admin.config_set("maxmemory", "0")
         admin.close()
-    ledger.append(_audited(fleet, "redis maxmemory (OOM on writes)", plan, flight, recovery,
-                           f"refusing {plan.outage_s:.0f} s"))
+    ledger.append(
+        FaultRecord.checked(
+            fleet.audit(),
+            "redis maxmemory (OOM on writes)",
+            flight,
+            recovery,
+            f"refusing {plan.outage_s:.0f} s",
+        )
+    )
