@@ -183,10 +183,12 @@ def _register() -> None:
     from fleet.cli_dashboard import dashboard
     from fleet.cli_keys import keys_generate
     from fleet.cli_learner import export, learner
+    from fleet.cli_policy_server import policy_server
     from fleet.k8s import k8s_app
 
     for command in (actor, learner, export, dashboard):
         app.command()(command)
+    app.command("policy-server")(policy_server)
     keys_app = typer.Typer(help="Fleet credentials.", no_args_is_help=True)
     keys_app.command("generate")(keys_generate)
     app.add_typer(keys_app, name="keys")

@@ -89,8 +89,8 @@ def unpack_array(d: object, what: str) -> np.ndarray:
     if not isinstance(d, dict) or not {"dtype", "shape", "data"} <= d.keys():
         raise ProtocolError(f"{what}: expected an array record with dtype, shape and data")
     dtype, shape, data = d["dtype"], d["shape"], d["data"]
-    if dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(f"{what}: dtype {dtype!r} not allowed")
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:  # a map or list here is not hashable
+        raise ProtocolError(f"{what}: dtype {dtype!r:.40} not allowed")
     if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise ProtocolError(f"{what}: bad shape {shape!r}")
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize

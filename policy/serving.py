@@ -63,6 +63,8 @@ class PolicyServerConfig(BaseModel):
     metrics_port: int | None = Field(None, ge=0, le=65535)  # HTTP /metrics + /healthz; None: no endpoint
     max_batch: int = Field(8, ge=1)  # requests per model call (1 = no batching)
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for company
+    active_window_s: float = Field(1.0, gt=0)  # robots heard from this recently are the company worth
+    # waiting for: once each has a request in the batch, it goes without waiting out max_wait_ms
     max_queue: int = Field(256, ge=1)  # waiting requests beyond which new ones are answered "overloaded"
     max_request_bytes: int = Field(16 << 20, ge=1024)  # larger messages are refused unread ("bad_request")
     think: ThinkConfig = ThinkConfig()  # change threshold and the default depth mode
@@ -141,12 +143,15 @@ class PolicyServer:
         self._queue: queue.Queue[_Work] = queue.Queue()
         self._caches: OrderedDict[str, ThinkCache] = OrderedDict()  # robot -> cache (model thread only)
         self._seen: OrderedDict[tuple[str, str], _Seen] = OrderedDict()  # (robot, id) -> (socket thread only)
+        self._heard: OrderedDict[str, float] = (
+            OrderedDict()
+        )  # robot -> last request, monotonic s (socket thread)
         self._pipe = f"inproc://policy-server-{uuid.uuid4().hex}"
         self._draining = threading.Event()
         self._model_done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._endpoint: MetricsEndpoint | None = None
-        self._router: zmq.Socket | None = None
+        self._generator: torch.Generator | None = None  # flow noise, made at start on the policy's device
         self._started = 0.0
         self.address = ""
         self.served = 0
@@ -171,7 +176,6 @@ class PolicyServer:
         pull = self._ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
         pull.bind(self._pipe)
-        self._router = router
         self._generator = torch.Generator(device=self.versions.base.device).manual_seed(cfg.seed)
         if cfg.metrics_port is not None:
             self._endpoint = MetricsEndpoint(self.metrics, self.health, cfg.host, cfg.metrics_port)
@@ -267,7 +271,12 @@ class PolicyServer:
                             frames = router.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._intake(router, frames)
+                        try:
+                            self._intake(router, frames)
+                        except Exception as e:  # a request must never take the socket thread down
+                            log.exception("policy server: request intake failed")
+                            msg = f"{type(e).__name__}: {e}"[:300]
+                            self._reply(router, frames[0], error_response("unknown", "internal", msg))
             self._deliver_all(router, pull)  # the model thread's last answers
         finally:
             router.close(linger=0)
@@ -343,7 +352,12 @@ class PolicyServer:
         while len(self._seen) > self.config.replay_window:
             self._seen.popitem(last=False)
         mode = req.depth_mode or self.config.think.mode
-        self._queue.put(_Work(req.robot, req.id, sample, req.version, mode, time.monotonic(), identity))
+        now = time.monotonic()
+        self._heard[req.robot] = now
+        self._heard.move_to_end(req.robot)
+        while self._heard and next(iter(self._heard.values())) < now - self.config.active_window_s:
+            self._heard.popitem(last=False)
+        self._queue.put(_Work(req.robot, req.id, sample, req.version, mode, now, identity))
         self.metrics.queue_depth.set(self._queue.qsize())
 
     def _check_sample(self, served: ServedVersion, s: PolicySample) -> tuple[str, str] | None:
@@ -378,8 +392,14 @@ class PolicyServer:
                     if self._queue.empty() or time.monotonic() > deadline:
                         break
                 batch = self._next_batch()
-                if batch:
+                try:
                     self._run(batch, push)
+                except Exception as e:  # a bug must cost this batch, not the server
+                    log.exception("policy server: batch failed")
+                    for w in batch:
+                        self._send(
+                            push, w, error_response(w.id, "internal", f"{type(e).__name__}: {e}"[:300])
+                        )
             while True:  # past the drain deadline: whatever is left is told to retry elsewhere
                 try:
                     w = self._queue.get_nowait()
@@ -398,6 +418,8 @@ class PolicyServer:
         items, deadline = [first], first.arrived + self.config.max_wait_ms / 1000
         while len(items) < self.config.max_batch:
             left = deadline - time.monotonic()
+            if left > 0 and len({w.robot for w in items}) >= len(self._heard):
+                left = 0  # every robot heard from lately is in: nobody else to wait for
             try:  # past the deadline, still take what is already waiting (the thread was busy)
                 items.append(self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait())
             except queue.Empty:

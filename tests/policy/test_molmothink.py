@@ -105,7 +105,7 @@ def test_depth_targets_enter_the_batch_by_output_style_and_train(think: MolmoThi
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-    assert first > 3.0 and float(out["depth_ce"]) < 0.5 * first and float(out["flow_mse"]) == 0.0
+    assert first > 3.0 and out["depth_ce"].item() < 0.5 * first and out["flow_mse"].item() == 0.0
 
 
 # ------------------------------------------------------------------------------------------------ change

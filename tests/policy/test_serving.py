@@ -222,7 +222,13 @@ class RawClient:
         self.sock.connect(address)
 
     def ask(self, *frames: bytes, timeout_s: float = 30.0) -> InferResponse | None:
-        self.sock.send_multipart(list(frames))
+        self.sock.setsockopt(
+            zmq.SNDTIMEO, int(timeout_s * 1000)
+        )  # a refused handshake leaves no peer to queue to
+        try:
+            self.sock.send_multipart(list(frames))
+        except zmq.Again:
+            return None
         if not self.sock.poll(timeout_s * 1000):
             return None
         return decode_response(self.sock.recv())
