@@ -74,17 +74,6 @@ def degrade(payload: bytes, scale: float = 3.0, seed: int = 0) -> bytes:
                     if v.dtype.kind == "f" and v.size > 1 else v for k, v in tensors.items()}, metadata=meta)
 
 
-def _leave_process_group() -> None:
-    """The warm start made a process group of one in this process: end it, so nothing after it (the
-    orchestrator's learner, a test in the same interpreter) inherits a half-configured torch.distributed."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(k, None)
-
-
 class DemoRun:
     def __init__(self, base: FleetConfig, minutes: float, console: Console, demos_per_robot: int = 10,
                  warm_steps: int = 120, eval_episodes: int = 8, inject: bool = True):
@@ -144,7 +133,6 @@ class DemoRun:
             summary = learner.run(max_steps=self.warm_steps)
         finally:
             learner.close()
-            _leave_process_group()
         mode = self.cfg.learner.finetune
         policy.set_finetune_mode(mode)
         policy.config.finetune.mode = mode

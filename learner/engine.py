@@ -69,6 +69,12 @@ def init_distributed() -> tuple[int, int]:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         deepspeed.init_distributed(dist_backend="gloo" if accelerator == "cpu" else "nccl")
+    else:
+        # joined earlier in this process (a warm start before the fleet learner, or a caller that restored its
+        # environment since): DeepSpeed reads these again at initialize and DeepSpeed cannot re-create the group
+        os.environ.setdefault("RANK", str(dist.get_rank()))
+        os.environ.setdefault("LOCAL_RANK", str(dist.get_rank()))  # one node: the launchers agree
+        os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
     return dist.get_rank(), dist.get_world_size()
 
 
