@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both install first (idempotent).
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint
 
 install:
 	bash scripts/install.sh --browser
