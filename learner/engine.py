@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from fleet.config import LearnerConfig
+from fleet.redis_server import free_port
 from policy.checkpoint import TRAINABLE_FORMAT, architecture_hash
 from policy.modeling_molmoact2 import MolmoAct2Policy
 
@@ -51,12 +51,6 @@ def configure_accelerator() -> str:
     return os.environ["DS_ACCELERATOR"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> tuple[int, int]:
     """Join (or, alone, create) the process group; returns (rank, world_size). Idempotent."""
     accelerator = configure_accelerator()
@@ -67,7 +61,7 @@ def init_distributed() -> tuple[int, int]:
         if "RANK" not in os.environ:  # a single process not started by a launcher: a group of one
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         deepspeed.init_distributed(dist_backend="gloo" if accelerator == "cpu" else "nccl")
     else:
         # joined earlier in this process (a warm start before the fleet learner, or a caller that restored its
