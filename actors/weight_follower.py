@@ -69,6 +69,7 @@ class WeightFollower:
         try:
             self.board.version_event(VersionEvent(version=version, kind="rejected",
                                                   embodiment=self.actor.embodiment.name,
+                                                  robot=self.actor.robot_id,
                                                   detail=f"{self.actor.robot_id}: {reason}"[:500]))
         except Exception as e:  # the board is a report; the rejection itself stands without it
             log.warning("%s: could not record the rejection of v%d: %s", self.actor.robot_id, version, e)

@@ -9,7 +9,7 @@ Layout (prefix ``P``, default ``mf``):
   P:events             stream one entry per new episode (learners read it with consumer groups)
   P:deadletter         stream rejected episodes with their reason and (truncated) payload
   P:stats              hash   per-pool stored counts/steps/bytes, ingested and evicted totals
-  P:stats:b:{bucket}   hash   per (embodiment|task|version|robot): episodes, successes, interventions, ...
+  P:stats:b:{bucket}   hash   per (embodiment|task|version|robot): episodes, successes, autonomous successes, ...
   P:seen               set    every episode id ever accepted: a retry is a no-op even after eviction
 
 Append is one Lua script (see replay_scripts.py), so it is atomic and idempotent. Single-instance Redis only:
@@ -436,5 +436,5 @@ def _outcome_rows(h: dict[bytes, bytes], **extra: object) -> list[dict[str, obje
         emb, task, ver, robot, field = k.decode().split("|")
         grouped.setdefault((emb, task, ver, robot), {})[field] = int(v)
     return [{**extra, "embodiment": e, "task": t, "version": int(v), "robot": r, "episodes": f.get("n", 0),
-             "successes": f.get("ok", 0), "interventions": f.get("int", 0), "steps": f.get("steps", 0),
-             "bytes": f.get("bytes", 0)} for (e, t, v, r), f in grouped.items()]
+             "successes": f.get("ok", 0), "autonomous": f.get("auto", 0), "interventions": f.get("int", 0),
+             "steps": f.get("steps", 0), "bytes": f.get("bytes", 0)} for (e, t, v, r), f in grouped.items()]

@@ -88,12 +88,15 @@ redis.call('HINCRBY', S, 'ingested:episodes', 1)
 redis.call('HINCRBY', S, 'ingested:steps', n)
 redis.call('HINCRBY', S, 'ingested:bytes', nbytes)
 
--- success and interventions per (embodiment, task, version, robot) and per time bucket, kept for all time
+-- success and interventions per (embodiment, task, version, robot) and per time bucket, kept for all time;
+-- autonomous = a success with no supervisor step: what the policy achieved by itself
+local autonomous = (tonumber(ok) == 1 and interventions == 0) and 1 or 0
 local key = emb .. '|' .. task .. '|' .. ver .. '|' .. robot
 local B = P .. ':stats:b:' .. bucket
 redis.call('HINCRBY', B, key .. '|n', 1)
 redis.call('HINCRBY', B, key .. '|ok', tonumber(ok))
 redis.call('HINCRBY', B, key .. '|int', interventions)
+redis.call('HINCRBY', B, key .. '|auto', autonomous)
 redis.call('HINCRBY', B, key .. '|steps', n)
 redis.call('HINCRBY', B, key .. '|bytes', nbytes)
 redis.call('ZADD', P .. ':stats:buckets', tonumber(bucket), bucket)
@@ -101,6 +104,7 @@ local A = P .. ':stats:all'
 redis.call('HINCRBY', A, key .. '|n', 1)
 redis.call('HINCRBY', A, key .. '|ok', tonumber(ok))
 redis.call('HINCRBY', A, key .. '|int', interventions)
+redis.call('HINCRBY', A, key .. '|auto', autonomous)
 
 -- reservoir (Algorithm R over every episode ever ingested): members are never evicted
 local seen = tonumber(redis.call('HGET', S, 'ingested:episodes'))

@@ -2,6 +2,10 @@
 champion's over the same period, and it is promoted fleet-wide or rolled back. Every decision is recorded on the
 status board (and, through ``on_alias``, as MLflow registry aliases).
 
+What counts as a success is ``RolloutConfig.judge``: by default an autonomous one (no supervisor step), since a
+supervisor's rescue says nothing of the version. A canary that every canary robot refused (verification or load
+failed) is rolled back at once: it will never run, so there is nothing to wait for.
+
 Tests, both configurable:
 - ``beta_binomial``: Beta(1 + s, 1 + f) posteriors; P(p_canary >= p_champion - margin) by seeded Monte Carlo;
   promote when it reaches ``promote_probability``, roll back when it falls to ``1 - promote_probability``.
@@ -64,13 +68,14 @@ class RolloutController:
 
     def _counts(self, st: RolloutState) -> dict[str, dict[str, list[int]]]:
         """embodiment -> {"canary": [successes, episodes], "champion": [...]} since the canary started."""
+        won = "autonomous" if self.cfg.judge == "autonomous" else "successes"
         out: dict[str, dict[str, list[int]]] = {}
         for row in self.store.outcome_buckets(since=st.canary_since - self.store.cfg.stats_bucket_s):
             role = "canary" if row["version"] == st.canary else "champion" if row["version"] == st.champion else None
             if role is None:
                 continue
             c = out.setdefault(str(row["embodiment"]), {"canary": [0, 0], "champion": [0, 0]})[role]
-            c[0] += int(row["successes"])
+            c[0] += int(row[won])
             c[1] += int(row["episodes"])
         # an embodiment whose robots are all in the cohort has no champion episodes in the period: compare with
         # the champion's whole record on that embodiment instead
@@ -78,7 +83,7 @@ class RolloutController:
         for row in self.store.outcome_totals():
             if row["version"] == st.champion:
                 r = record.setdefault(str(row["embodiment"]), [0, 0])
-                r[0] += int(row["successes"])
+                r[0] += int(row[won])
                 r[1] += int(row["episodes"])
         for emb, c in out.items():
             if c["champion"][1] < self.cfg.min_canary_episodes and emb in record:
@@ -90,6 +95,10 @@ class RolloutController:
         st = self.state
         if st.canary is None:
             return []
+        refused = self.refused_by(st)
+        if st.canary_robots and refused >= set(st.canary_robots):
+            st.verdicts = {"*": "refused"}
+            return [self._finish(st, promote=False)]
         decisions = []
         for emb, c in sorted(self._counts(st).items()):
             (s_c, n_c), (s_h, n_h) = c["canary"], c["champion"]
@@ -118,6 +127,11 @@ class RolloutController:
             return [*decisions, self._finish(st, promote=True)]
         self.board.set_rollout_state(st)
         return decisions
+
+    def refused_by(self, st: RolloutState) -> set[str]:
+        """Canary robots that reported refusing the canary version since it started."""
+        return {e.robot for e in self.board.version_events(1000)
+                if e.kind == "rejected" and e.version == st.canary and e.t >= st.canary_since - 1.0}
 
     def _finish(self, st: RolloutState, promote: bool) -> RolloutDecision:
         version = st.canary

@@ -56,6 +56,7 @@ class VersionEvent(BaseModel):
     version: int
     kind: Literal["published", "promoted", "rolled_back", "rejected", "canary"]
     embodiment: str = ""  # empty: fleet-wide
+    robot: str = ""  # the robot that reported it (rejected), else empty
     detail: str = ""
     figures: dict[str, float] = Field(default_factory=dict)
     t: float = Field(default_factory=time.time)

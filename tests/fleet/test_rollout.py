@@ -9,17 +9,20 @@ import pytest
 from fleet.config import RolloutConfig
 from fleet.replay import ReplayStore
 from fleet.rollout import RolloutController, prob_not_worse
-from fleet.status import StatusBoard
+from fleet.status import StatusBoard, VersionEvent
 from tests.factories import synthetic_episode
 
 ROBOTS = {"franka": ["franka-01", "franka-02", "franka-03"], "so101": ["so101-01", "so101-02"]}
 
 
-def _feed(store: ReplayStore, version: int, emb: str, robot: str, successes: int, failures: int, seed: int) -> None:
+def _feed(store: ReplayStore, version: int, emb: str, robot: str, successes: int, failures: int, seed: int,
+          rescued: int = 0) -> None:
+    """successes + failures episodes; the first ``rescued`` successes needed a supervisor step."""
     now = time.time()
     for i in range(successes + failures):
         store.append(synthetic_episode(emb, steps=4, size=4, seed=seed + i, success=i < successes,
-                                       version=version, robot=robot, end_time=now))
+                                       version=version, robot=robot, end_time=now,
+                                       interventions=2 if i < rescued else 0))
 
 
 def test_beta_binomial_statistic() -> None:
@@ -70,6 +73,39 @@ def test_sole_robot_compares_with_champion_record(store: ReplayStore, redis_serv
     _feed(store, 1, "so101", "so101-01", 7, 1, 100)
     d = ctl.evaluate()[0]
     assert d.champion_episodes == 12 and d.decision == "promote"
+
+
+def test_gate_judges_autonomous_success_not_rescues(store: ReplayStore, redis_server) -> None:
+    """A canary whose successes are all supervisor rescues is worse than a champion that succeeds by itself,
+    though both succeed as often; judged on any success, the same counts promote it."""
+    board = StatusBoard(redis_server.client())
+    _feed(store, 4, "franka", "franka-01", 10, 0, 0, rescued=9)
+    _feed(store, 0, "franka", "franka-02", 10, 0, 100)
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=8))
+    ctl.start_canary(4, {"franka": ROBOTS["franka"]})
+    d = ctl.evaluate()[0]
+    assert (d.decision, d.canary_successes, d.champion_successes) == ("rollback", 1, 10)
+    assert store.outcome_totals()[0]["autonomous"] + store.outcome_totals()[1]["autonomous"] == 11
+    board.set_rollout_state(type(ctl.state)(champion=0))
+    lenient = RolloutController(store, board, RolloutConfig(min_canary_episodes=8, judge="success"))
+    lenient.start_canary(4, {"franka": ROBOTS["franka"]})
+    d = lenient.evaluate()[0]
+    assert d.decision != "rollback" and d.canary_successes == 10 and d.statistic > 0.5
+
+
+def test_canary_refused_by_every_canary_robot_is_rolled_back_at_once(store: ReplayStore, redis_server) -> None:
+    board = StatusBoard(redis_server.client())
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=8))
+    st = ctl.start_canary(7, ROBOTS)
+    board.version_event(VersionEvent(version=7, kind="rejected", embodiment="franka", robot=st.canary_robots[0],
+                                     detail="sha256 mismatch"))
+    assert ctl.evaluate() == [] and ctl.state.canary == 7  # one canary robot of two refused it: keep waiting
+    board.version_event(VersionEvent(version=6, kind="rejected", robot=st.canary_robots[1]))  # another version
+    assert ctl.state.canary == 7 and ctl.evaluate() == []
+    board.version_event(VersionEvent(version=7, kind="rejected", embodiment="so101", robot=st.canary_robots[1]))
+    (final,) = ctl.evaluate()
+    assert final.decision == "rollback" and ctl.state.canary is None and ctl.state.champion == 0
+    assert board.version_events()[-1].kind == "rolled_back" and "refused" in board.version_events()[-1].detail
 
 
 def test_manual_promote_and_rollback(store: ReplayStore, redis_server) -> None:
