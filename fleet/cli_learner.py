@@ -39,6 +39,13 @@ def embodiment_tables() -> tuple[dict[str, str], dict[str, int], dict]:
     return tags, horizons, schemas()
 
 
+def delta_masks() -> dict[str, list[bool]]:
+    """Norm tag -> per action dim, whether a fresh policy predicts it relative to the state (joints, not grippers)."""
+    from actors.embodiments import EMBODIMENTS
+
+    return {e.norm_tag: [n not in e.grippers for n in e.dof_names] for e in EMBODIMENTS.values()}
+
+
 def run_learner(
     cfg: FleetConfig,
     stop: threading.Event,
@@ -63,7 +70,8 @@ def run_learner(
         deadline = time.monotonic() + wait_s
         while True:  # a fresh policy needs data for its statistics: wait for the fleet's first episodes
             try:
-                policy = open_policy(store, cfg.learner, ckpt, horizons=horizons, norm_tags=norm_tags)
+                policy = open_policy(store, cfg.learner, ckpt, horizons=horizons, norm_tags=norm_tags,
+                                     delta_masks=delta_masks())
                 break
             except LookupError:
                 if stop.is_set() or time.monotonic() > deadline:

@@ -140,6 +140,8 @@ class LearnerConfig(Section):
     consumer: str = "learner-0"  # this learner's consumer name in the group
     checkpoint_dir: str = "learner"  # DeepSpeed checkpoints + base policy; relative: under data_dir
     init_checkpoint: str | None = None  # policy checkpoint (our format) to start from; None: a fresh tiny policy
+    delta_actions: bool = True  # a fresh policy predicts joints relative to the chunk's first state (grippers
+    # absolute): several times the precision of absolute joint targets for the same model (policy/normalization.py)
     seed: int = 0  # policy init, sampling and flow-noise RNGs
 
     @model_validator(mode="after")

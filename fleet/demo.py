@@ -114,7 +114,7 @@ class DemoRun:
     def warm_start(self, client: Any, store: ReplayStore, weights: WeightStore) -> int:
         """Fit the whole tiny model to the demonstrations, save it as the fleet's base checkpoint (what actors
         load and the learner continues from), and publish its trainable subset as the first version."""
-        from fleet.cli_learner import embodiment_tables
+        from fleet.cli_learner import delta_masks, embodiment_tables
         from learner.bootstrap import open_policy
         from learner.continual import Learner
         from learner.publish import DirectoryWeightSink
@@ -125,7 +125,8 @@ class DemoRun:
         ckpt = self.cfg.path(self.cfg.learner.checkpoint_dir)
         # the backbone learns here only: fleet fine-tuning then trains (and hot swap ships) cfg.learner.finetune
         warm_cfg = self.cfg.learner.model_copy(update={"finetune": "full", "publish_every_steps": 10**9})
-        policy = open_policy(store, warm_cfg, ckpt / "warm", horizons=horizons, norm_tags=norm_tags)
+        policy = open_policy(store, warm_cfg, ckpt / "warm", horizons=horizons, norm_tags=norm_tags,
+                             delta_masks=delta_masks())
         learner = Learner(store, policy, warm_cfg, DirectoryWeightSink(ckpt / "warm" / "versions"),
                           checkpoint_dir=ckpt / "warm", board=StatusBoard(client, self.cfg.replay.prefix),
                           norm_tags=norm_tags, tracker=Tracker(self.cfg.mlflow, self.root), run_name="warm-start")
@@ -191,16 +192,19 @@ class DemoRun:
         by_version: dict[int, dict[str, list[int]]] = {}
         for row in store.outcome_totals():
             if row["robot"] in statuses:
-                c = by_version.setdefault(int(row["version"]), {}).setdefault(str(row["embodiment"]), [0, 0])
+                c = by_version.setdefault(int(row["version"]), {}).setdefault(str(row["embodiment"]), [0, 0, 0])
                 c[0] += int(row["successes"])
                 c[1] += int(row["episodes"])
+                c[2] += int(row["autonomous"])
         embs = [s.embodiment for s in self.cfg.actors.robots]
-        t = Table(title=f"molmofleet demo — {elapsed / 60:.1f} / {self.minutes:.1f} min", expand=True)
+        t = Table(title=f"molmofleet demo — {elapsed / 60:.1f} / {self.minutes:.1f} min   "
+                        "(successes/episodes, autonomous: without a supervisor step)", expand=True)
         t.add_column("version")
         for e in embs:
             t.add_column(e, justify="right")
         for v in sorted(by_version):
-            t.add_row(f"v{v}", *[f"{c[0]}/{c[1]} ({c[0] / c[1]:.0%})" if (c := by_version[v].get(e)) else "-"
+            t.add_row(f"v{v}", *[f"{c[0]}/{c[1]} ({c[0] / c[1]:.0%}), autonomous {c[2] / c[1]:.0%}"
+                                 if (c := by_version[v].get(e)) else "-"
                                  for e in embs])
         robots = Table("robot", "version", "episodes", "success", "swaps", "rejected", expand=True)
         for rid, s in statuses.items():
@@ -279,17 +283,19 @@ class DemoRun:
         stored_fleet = sum(int(r["episodes"]) for r in rows) - self.demos_per_robot * len(robots)
         by_version: dict[str, dict[str, float]] = {}
         for r in rows:
-            c = by_version.setdefault(f"v{r['version']}", {"episodes": 0, "successes": 0})
-            c["episodes"] += int(r["episodes"])
-            c["successes"] += int(r["successes"])
+            c = by_version.setdefault(f"v{r['version']}", {"episodes": 0, "successes": 0, "autonomous": 0})
+            for k in c:
+                c[k] += int(r[k])
         for c in by_version.values():
             c["success_rate"] = c["successes"] / c["episodes"] if c["episodes"] else 0.0
+            c["autonomous_rate"] = c["autonomous"] / c["episodes"] if c["episodes"] else 0.0
         windows: dict[int, list[int]] = {}
         for r in store.outcome_buckets(since=started):
             if r["robot"] in robots and int(r["version"]) > 0:
-                w = windows.setdefault(int(r["bucket"]), [0, 0])
+                w = windows.setdefault(int(r["bucket"]), [0, 0, 0])
                 w[0] += int(r["successes"])
                 w[1] += int(r["episodes"])
+                w[2] += int(r["autonomous"])
         events = board.version_events(1000)
         return {
             "minutes": self.minutes,
@@ -297,8 +303,10 @@ class DemoRun:
             "episodes": {"sent": sent, "stored": stored_fleet, "lost": sent - stored_fleet,
                          "demonstrations": self.demos_per_robot * len(robots)},
             "success_by_version": by_version,
-            "success_by_window": [{"start": b, "episodes": n, "successes": s, "success_rate": s / n}
-                                  for b, (s, n) in sorted(windows.items())],
+            # successes count supervisor rescues; autonomous ones are the policy's own
+            "success_by_window": [{"start": b, "episodes": n, "successes": s, "success_rate": s / n,
+                                   "autonomous": a, "autonomous_rate": a / n}
+                                  for b, (s, n, a) in sorted(windows.items())],
             "versions_published": sorted({e.version for e in events if e.kind in ("canary", "promoted")}),
             "promoted": [e.version for e in events if e.kind == "promoted"],
             "rolled_back": [e.version for e in events if e.kind == "rolled_back"],

@@ -36,16 +36,27 @@ def _low_dim(store: ReplayStore, ids: list[str]) -> list[tuple[str, np.ndarray, 
     return out
 
 
+def chunks_of(state: np.ndarray, action: np.ndarray, horizon: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(first states (N, S), action chunks (N, horizon, A)) of one episode, every ``stride`` steps; chunks past
+    the end repeat the last action (as the processor pads them)."""
+    padded = np.concatenate([action, np.repeat(action[-1:], horizon - 1, axis=0)])
+    starts = np.arange(0, len(action), stride)
+    return state[starts], np.stack([padded[s : s + horizon] for s in starts])
+
+
 def fit_norm_stats(
     store: ReplayStore,
     horizons: dict[str, int],
     norm_tags: dict[str, str] | None = None,
     max_episodes: int = 200,
     seed: int = 0,
+    delta_masks: dict[str, list[bool]] | None = None,
 ) -> NormStats:
     """Per-tag statistics from up to ``max_episodes`` stored episodes per embodiment (never eval episodes).
 
     ``horizons``: norm tag -> action chunk length; embodiments whose tag has no horizon are skipped.
+    ``delta_masks``: norm tag -> per action dim, predict it relative to the chunk's first state (see
+    policy/normalization.py); those tags get statistics of in-chunk deltas.
     """
     tags = norm_tags or {}
     rng = random.Random(seed)
@@ -67,7 +78,13 @@ def fit_norm_stats(
         raise LookupError("the store holds no episodes to compute normalisation statistics from")
     stats = NormStats()
     for tag, (states, actions) in sorted(by_tag.items()):
-        stats.add(tag, np.concatenate(states), np.concatenate(actions), action_horizon=horizons[tag])
+        mask = (delta_masks or {}).get(tag)
+        if mask is None:
+            stats.add(tag, np.concatenate(states), np.concatenate(actions), action_horizon=horizons[tag])
+            continue
+        pairs = [chunks_of(s, a, horizons[tag]) for s, a in zip(states, actions, strict=True)]
+        stats.add(tag, np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]),
+                  action_horizon=horizons[tag], delta_mask=mask)
     return stats
 
 
@@ -81,13 +98,13 @@ def fit_action_tokenizer(
     """OpenFAST BPE fitted on normalised action chunks of stored episodes (every start, stride horizon / 2)."""
     tags = norm_tags or {}
     chunks = []
-    for emb, _, action in _low_dim(store, store.episode_ids(limit=max_episodes, newest_first=True)):
+    for emb, state, action in _low_dim(store, store.episode_ids(limit=max_episodes, newest_first=True)):
         tag = tags.get(emb, emb)
         if tag not in stats.metadata_by_tag:
             continue
         h = stats[tag].action_horizon
-        normed = stats.normalize_action(tag, action)
-        chunks += [normed[s : s + h] for s in range(0, max(1, len(normed) - h + 1), max(1, h // 2))]
+        first, chunk = chunks_of(state, action, h, stride=max(1, h // 2))
+        chunks += list(stats.normalize_action(tag, chunk, first))
     if not chunks:
         return OpenFAST(scale=config.openfast_scale, vocab_size=config.num_action_tokens)
     return OpenFAST.fit(chunks, scale=config.openfast_scale, vocab_size=config.num_action_tokens)
@@ -100,6 +117,7 @@ def open_policy(
     horizons: dict[str, int] | None = None,
     norm_tags: dict[str, str] | None = None,
     config: MolmoAct2Config | None = None,
+    delta_masks: dict[str, list[bool]] | None = None,
 ) -> MolmoAct2Policy:
     """The learner's starting policy (see the module docstring), in ``cfg.finetune`` mode."""
     base = Path(checkpoint_dir or cfg.checkpoint_dir).expanduser() / "base"
@@ -112,7 +130,8 @@ def open_policy(
     if not horizons:
         raise ValueError("a fresh policy needs the action horizon of every embodiment (horizons=...)")
     config = config or MolmoAct2Config.tiny(finetune={"mode": cfg.finetune, "lora_rank": 8, "lora_alpha": 16})
-    stats = fit_norm_stats(store, horizons, norm_tags, seed=cfg.seed)
+    stats = fit_norm_stats(store, horizons, norm_tags, seed=cfg.seed,
+                           delta_masks=delta_masks if cfg.delta_actions else None)
     policy = MolmoAct2Policy.from_config(config, stats, seed=cfg.seed)
     policy.use_action_tokenizer(fit_action_tokenizer(store, stats, config, norm_tags))
     log.info("policy: fresh %s for %s", "tiny", stats.tags)

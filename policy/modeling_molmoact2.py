@@ -381,7 +381,7 @@ class MolmoAct2Policy(nn.Module):
             meta = self.norm_stats[s.embodiment]
             out.append(
                 self.norm_stats.unnormalize_action(
-                    s.embodiment, row[: meta.action_horizon, : meta.action_dim]
+                    s.embodiment, row[: meta.action_horizon, : meta.action_dim], s.state
                 )
             )
         return out[0] if single else out

@@ -210,7 +210,7 @@ class MolmoThink:
         for row, s in zip(normed, samples, strict=True):
             meta = policy.norm_stats[s.embodiment]
             chunk = row[: meta.action_horizon, : meta.action_dim]
-            actions.append(policy.norm_stats.unnormalize_action(s.embodiment, chunk).astype(np.float32))
+            actions.append(policy.norm_stats.unnormalize_action(s.embodiment, chunk, s.state))
         timings = {"collate": t1 - t0, "prefix": t2 - t1, "depth": t3 - t2, "expert": t4 - t3}
         return ThinkOutput(actions, new_caches, repredicted, changed, passes, timings)
 

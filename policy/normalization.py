@@ -12,11 +12,18 @@ The file is keyed by embodiment tag (the only place a robot appears in the model
 With `q01_q99`, x -> 2 (x - q01) / (q99 - q01) - 1 clipped to [-1, 1]; dimensions that never move in the data
 (min == max) normalise to 0 and come back as their constant. Statistics are computed from numpy arrays and
 travel with every checkpoint.
+
+Delta actions (our extension, as openpi's delta joint actions): an entry with `delta_action_mask` predicts those
+action dimensions relative to the same state dimension at the chunk's first observation (joints), the others
+absolute (grippers). Normalised over the small range of in-chunk motion instead of the whole workspace, the same
+normalised error is several times smaller in radians, and a chunk starts where the arm is. Released files have no
+mask: absolute, as before.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -72,6 +79,8 @@ class EmbodimentStats(BaseModel):
     n_action_steps: int  # steps of each chunk an actor executes before the next one
     setup_type: str = ""  # free text for the prompt's setup clause (released metadata)
     control_mode: str = ""  # free text for the prompt's control-mode clause (released metadata)
+    delta_action_mask: list[bool] | None = None  # per action dim: relative to the chunk's first state (None: all
+    # absolute)
 
 
 class NormStats(BaseModel):
@@ -93,10 +102,26 @@ class NormStats(BaseModel):
         n_action_steps: int | None = None,
         setup_type: str = "",
         control_mode: str = "",
+        delta_mask: Sequence[bool] | None = None,
     ) -> EmbodimentStats:
-        """Compute and store one embodiment's statistics. states: (N, S); actions: (N, A) or (N, T, A)."""
+        """Compute and store one embodiment's statistics. states: (N, S); actions: (N, A) or (N, T, A).
+
+        delta_mask: per action dim, predict it relative to the state; then actions must be chunks (N, T, A)
+        and states (N, S) the state at each chunk's first step (the statistics are of the deltas).
+        """
         actions = np.asarray(actions)
         states = np.asarray(states)
+        mask = None
+        if delta_mask is not None:
+            mask = [bool(m) for m in delta_mask]
+            if actions.ndim != 3 or len(states) != len(actions) or len(mask) != actions.shape[-1]:
+                raise ValueError(f"delta statistics need chunks (N, T, A) with one state (N, S) per chunk and a "
+                                 f"mask of A entries: got actions {actions.shape}, states {states.shape}, "
+                                 f"mask of {len(mask)}")
+            if actions.shape[-1] > states.shape[-1]:
+                raise ValueError(f"delta actions need a state entry per action dim: {actions.shape[-1]} action "
+                                 f"dims, {states.shape[-1]} state dims")
+            actions = actions - states[:, None, : actions.shape[-1]] * np.asarray(mask, dtype=actions.dtype)
         entry = EmbodimentStats(
             action_stats=FeatureStats.from_array(actions.reshape(-1, actions.shape[-1])),
             state_stats=FeatureStats.from_array(states.reshape(-1, states.shape[-1])),
@@ -106,6 +131,7 @@ class NormStats(BaseModel):
             n_action_steps=int(n_action_steps or action_horizon),
             setup_type=setup_type,
             control_mode=control_mode,
+            delta_action_mask=mask,
         )
         self.metadata_by_tag[tag] = entry
         return entry
@@ -142,13 +168,28 @@ class NormStats(BaseModel):
         """(..., S) real units -> [-1, 1]."""
         return self._normalize(state, self[tag].state_stats)
 
-    def normalize_action(self, tag: str, action: np.ndarray) -> np.ndarray:
-        """(..., A) real units -> [-1, 1]."""
-        return self._normalize(action, self[tag].action_stats)
+    def _delta_offset(self, tag: str, action: np.ndarray, state: np.ndarray | None) -> np.ndarray | float:
+        """What a delta entry subtracts from (T, A) or (B, T, A) actions: the masked chunk-start state."""
+        mask = self[tag].delta_action_mask
+        if mask is None:
+            return 0.0
+        if state is None:
+            raise ValueError(f"{tag!r} predicts delta actions: its actions need the chunk's first state")
+        state = np.asarray(state, dtype=np.float64)
+        a = np.asarray(action).shape[-1]
+        offset = state[..., :a] * np.asarray(mask, dtype=np.float64)
+        return offset if np.asarray(action).ndim == state.ndim else np.expand_dims(offset, -2)
 
-    def unnormalize_action(self, tag: str, action: np.ndarray) -> np.ndarray:
-        """(..., A) in [-1, 1] -> real units."""
-        return self._unnormalize(action, self[tag].action_stats)
+    def normalize_action(self, tag: str, action: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """(T, A) or (B, T, A) real units -> [-1, 1]. state: (S,) or (B, S), the chunk's first state (needed
+        when the entry has a delta mask)."""
+        return self._normalize(np.asarray(action, np.float64) - self._delta_offset(tag, action, state),
+                               self[tag].action_stats)
+
+    def unnormalize_action(self, tag: str, action: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """(T, A) or (B, T, A) in [-1, 1] -> real units (the inverse of `normalize_action`)."""
+        out = self._unnormalize(action, self[tag].action_stats) + self._delta_offset(tag, action, state)
+        return np.asarray(out, dtype=np.float32)
 
     # ---- files ----------------------------------------------------------------------------------------------
     def to_json_dict(self) -> dict:

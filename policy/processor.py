@@ -317,7 +317,7 @@ class PolicyProcessor:
         if act.shape[0] < horizon:
             act = np.concatenate([act, np.repeat(act[-1:], horizon - act.shape[0], axis=0)])
         horizon_row[:horizon] = valid
-        return self.norm_stats.normalize_action(s.embodiment, act)
+        return self.norm_stats.normalize_action(s.embodiment, act, s.state)
 
 
 def collate(

@@ -52,3 +52,32 @@ def test_released_file_without_dims_loads() -> None:
 def test_unknown_tag_names_the_known_ones(norm_stats) -> None:
     with pytest.raises(KeyError, match="franka"):
         norm_stats["ur5"]
+
+
+def test_delta_actions_are_relative_to_the_chunks_first_state(tmp_path) -> None:
+    """Joints (mask True) normalise as in-chunk motion from the first state, the gripper stays absolute; the
+    mask travels with the file, and a delta entry refuses actions without their state."""
+    rng = np.random.default_rng(1)
+    first = rng.uniform(-2.0, 2.0, size=(400, 3))  # joints all over the workspace, gripper in [0, 1]
+    first[:, 2] = rng.uniform(0.0, 1.0, 400)
+    motion = np.cumsum(rng.normal(0.0, 0.01, size=(400, 15, 3)), axis=1)  # small in-chunk moves
+    chunks = first[:, None, :] + motion
+    chunks[:, :, 2] = rng.uniform(0.0, 1.0, (400, 15))
+    stats = NormStats()
+    meta = stats.add("yam", first, chunks, action_horizon=15, delta_mask=[True, True, False])
+    # the joints' range is the in-chunk motion (~0.1), not the workspace (~4): that is the precision gain
+    assert np.ptp([meta.action_stats.q01[0], meta.action_stats.q99[0]]) < 0.5
+    assert 0.9 < meta.action_stats.q99[2] - meta.action_stats.q01[2] < 1.0
+    normed = stats.normalize_action("yam", chunks[:8], first[:8])
+    assert normed.shape == (8, 15, 3) and np.abs(normed).max() <= 1.0
+    back = stats.unnormalize_action("yam", normed, first[:8])
+    inside = np.abs(normed) < 1.0  # clipped values do not come back
+    assert np.allclose(back[inside], chunks[:8][inside], atol=1e-5)
+    one = stats.unnormalize_action("yam", stats.normalize_action("yam", chunks[0], first[0]), first[0])
+    assert one.shape == (15, 3)
+    with pytest.raises(ValueError, match="first state"):
+        stats.normalize_action("yam", chunks[0])
+    with pytest.raises(ValueError, match="chunks"):
+        NormStats().add("yam", first, chunks[:, 0], action_horizon=15, delta_mask=[True, True, False])
+    stats.save(tmp_path / "norm_stats.json")
+    assert NormStats.load(tmp_path / "norm_stats.json")["yam"].delta_action_mask == [True, True, False]
