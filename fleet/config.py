@@ -94,8 +94,10 @@ class RolloutConfig(Section):
     margin: float = 0.05  # tolerated drop in success rate
     alpha: float = 0.05  # significance for one_sided_z rollback
     canary_timeout_s: float = 180.0  # a newer version supersedes a pending canary only after this long
-    judge: Literal["autonomous", "success"] = "autonomous"  # what counts as a success for the gate: autonomous =
-    # success with no supervisor step (a rescue says nothing of the version); success = any successful episode
+    judge: list[Literal["autonomous", "success"]] = Field(default_factory=lambda: ["autonomous", "success"],
+                                                           min_length=1)
+    # outcomes the gate compares, each must be not worse: autonomous = success with no supervisor step, success =
+    # any successful episode (rescues included); see fleet/rollout.py
 
 
 class LearnerConfig(Section):

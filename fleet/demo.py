@@ -6,7 +6,8 @@
            stalls (interventions); the learner fine-tunes on the fleet's fresh episodes mixed with rehearsal and
            publishes versions; each goes to a canary cohort and is promoted or rolled back. Midway the demo
            injects a corrupted version (every actor must reject it) and a degraded one (the gate must roll it
-           back), so both safety paths run in front of you;
+           back, or a newer version supersedes it when the gate cannot decide in canary_timeout_s; it must never
+           become champion), so both safety paths run in front of you;
 4. judge   the first and the last champion are evaluated on held-out scene seeds, no supervisor, and the JSON
            summary reports success per version and per time window, versions promoted / rolled back, and
            episodes lost (sent by actors minus stored), which must be 0.
@@ -45,6 +46,7 @@ DEMO_ROBOTS = [
     ActorSpec(robot_id="yam-01", embodiment="yam_bimanual", task="reach"),
     ActorSpec(robot_id="so101-01", embodiment="so101", task="reach"),
 ]
+WARM_LR = 1e-3  # peak learning rate of every part in the from-scratch warm start
 HELD_OUT_SEED = 900_000  # evaluation scenes: never used for demonstrations or fleet episodes
 
 
@@ -60,6 +62,9 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     cfg.learner.publish_every_steps = min(cfg.learner.publish_every_steps, 60)
     cfg.rollout.canary_timeout_s = min(cfg.rollout.canary_timeout_s, 45.0)
     cfg.learner.batch_size = min(cfg.learner.batch_size, 8)  # two CPU cores: more, smaller steps
+    # the supervisor steps in after 1.5 s without progress: its corrections in the states the policy reaches
+    # are the fleet's most useful data (a 6 s reach rarely stalls for the default 3 s)
+    cfg.actors.interventions.stall_s = min(cfg.actors.interventions.stall_s, 1.5)
     return cfg
 
 
@@ -79,6 +84,15 @@ class DemoRun:
                  warm_steps: int = 120, eval_episodes: int = 8, inject: bool = True):
         self.root = Path(base.data_dir).expanduser() / "demo" / time.strftime("%Y%m%d-%H%M%S")
         self.cfg = demo_config(base, self.root)
+        # One continual run trains the whole tiny model, warm start and fleet phase alike, every part at the
+        # from-scratch rate: the usual fine-tuning rates leave a random backbone where it started (no held-out
+        # progress, measured), and a second run's fresh Adam moments knock a trained model off its optimum
+        # (versions worse than v1, measured). The cosine reaches its floor (x0.1) in the fleet phase.
+        learner = self.cfg.learner
+        learner.finetune = "full"
+        learner.lr_llm = learner.lr_vision = learner.lr_expert = WARM_LR
+        learner.warmup_steps = min(learner.warmup_steps, warm_steps // 10 + 1)
+        learner.total_steps = 3 * max(warm_steps, 1)
         self.minutes = minutes
         self.console = console
         self.demos_per_robot = demos_per_robot
@@ -112,8 +126,9 @@ class DemoRun:
         return sum(done)
 
     def warm_start(self, client: Any, store: ReplayStore, weights: WeightStore) -> int:
-        """Fit the whole tiny model to the demonstrations, save it as the fleet's base checkpoint (what actors
-        load and the learner continues from), and publish its trainable subset as the first version."""
+        """Fit a fresh tiny model to the demonstrations: the first ``warm_steps`` of the learner's one continual
+        run (same checkpoint directory, optimizer state and schedule; the fleet's learner resumes it). Save it as
+        the fleet's base checkpoint (what actors load) and publish it as the first version."""
         from fleet.cli_learner import delta_masks, embodiment_tables
         from learner.bootstrap import open_policy
         from learner.continual import Learner
@@ -123,21 +138,17 @@ class DemoRun:
 
         norm_tags, horizons, _ = embodiment_tables()
         ckpt = self.cfg.path(self.cfg.learner.checkpoint_dir)
-        # the backbone learns here only: fleet fine-tuning then trains (and hot swap ships) cfg.learner.finetune
-        warm_cfg = self.cfg.learner.model_copy(update={"finetune": "full", "publish_every_steps": 10**9})
-        policy = open_policy(store, warm_cfg, ckpt / "warm", horizons=horizons, norm_tags=norm_tags,
-                             delta_masks=delta_masks())
-        learner = Learner(store, policy, warm_cfg, DirectoryWeightSink(ckpt / "warm" / "versions"),
-                          checkpoint_dir=ckpt / "warm", board=StatusBoard(client, self.cfg.replay.prefix),
-                          norm_tags=norm_tags, tracker=Tracker(self.cfg.mlflow, self.root), run_name="warm-start")
+        warm_cfg = self.cfg.learner.model_copy(update={"publish_every_steps": 10**9})  # v1 is published below
+        policy = open_policy(store, warm_cfg, ckpt, horizons=horizons, norm_tags=norm_tags, delta_masks=delta_masks())
+        learner = Learner(store, policy, warm_cfg, DirectoryWeightSink(ckpt / "warm-versions"), checkpoint_dir=ckpt,
+                          board=StatusBoard(client, self.cfg.replay.prefix), norm_tags=norm_tags,
+                          tracker=Tracker(self.cfg.mlflow, self.root), run_name="learner")
         try:
             summary = learner.run(max_steps=self.warm_steps)
         finally:
             learner.close()
-        mode = self.cfg.learner.finetune
-        policy.set_finetune_mode(mode)
-        policy.config.finetune.mode = mode
-        save_checkpoint(ckpt / "base", policy)
+        mode = warm_cfg.finetune
+        save_checkpoint(ckpt / "base", policy)  # the trained weights over the fresh ones the learner saved
         m = weights.publish(trainable_bytes(policy, mode), step=summary.steps, mode=mode,
                             figures={"warm_start_loss": float(summary.last_loss)})
         FleetRegistry(self.cfg.mlflow, self.root).register(m.version, str(ckpt / "base"), None,
@@ -255,10 +266,7 @@ class DemoRun:
                 statuses: dict[str, dict[str, Any]] = {}
                 with Live(console=self.console, refresh_per_second=1, transient=False) as live:
                     while (elapsed := time.monotonic() - t0) < duration:
-                        # the degraded canary holds the slot until the gate has judged it (no newer version
-                        # supersedes it): the demo is there to show the rollback
-                        judging = self.injected.get("degraded") == controller.state.canary
-                        orch.tick(controller, None if judging else weights)
+                        orch.tick(controller, weights)  # undecided after canary_timeout_s: a newer one supersedes
                         self.maybe_inject(orch, controller, weights, elapsed, duration)
                         statuses = orch.statuses()
                         live.update(self.view(store, board, statuses, elapsed))

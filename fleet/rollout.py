@@ -2,8 +2,10 @@
 champion's over the same period, and it is promoted fleet-wide or rolled back. Every decision is recorded on the
 status board (and, through ``on_alias``, as MLflow registry aliases).
 
-What counts as a success is ``RolloutConfig.judge``: by default an autonomous one (no supervisor step), since a
-supervisor's rescue says nothing of the version. A canary that every canary robot refused (verification or load
+What is judged is ``RolloutConfig.judge``: by default both autonomous success (no supervisor step: a rescue says
+little of the version) and success with rescues (a version that needs more rescues can still look no worse on
+autonomous success when both are rare); a canary is promoted when every judged outcome is not worse, rolled back
+when any one is worse. A canary that every canary robot refused (verification or load
 failed) is rolled back at once: it will never run, so there is nothing to wait for.
 
 Tests, both configurable:
@@ -66,9 +68,9 @@ class RolloutController:
         self.on_alias(version, "canary")
         return st
 
-    def _counts(self, st: RolloutState) -> dict[str, dict[str, list[int]]]:
-        """embodiment -> {"canary": [successes, episodes], "champion": [...]} since the canary started."""
-        won = "autonomous" if self.cfg.judge == "autonomous" else "successes"
+    def _counts(self, st: RolloutState, won: str) -> dict[str, dict[str, list[int]]]:
+        """embodiment -> {"canary": [wins, episodes], "champion": [...]} since the canary started; a win is the
+        outcome column ``won`` ("autonomous" or "successes")."""
         out: dict[str, dict[str, list[int]]] = {}
         for row in self.store.outcome_buckets(since=st.canary_since - self.store.cfg.stats_bucket_s):
             role = "canary" if row["version"] == st.canary else "champion" if row["version"] == st.champion else None
@@ -100,23 +102,18 @@ class RolloutController:
             st.verdicts = {"*": "refused"}
             return [self._finish(st, promote=False)]
         decisions = []
-        for emb, c in sorted(self._counts(st).items()):
-            (s_c, n_c), (s_h, n_h) = c["canary"], c["champion"]
-            if n_c < self.cfg.min_canary_episodes or emb in st.verdicts:
+        counts = {m: self._counts(st, "autonomous" if m == "autonomous" else "successes") for m in self.cfg.judge}
+        for emb in sorted(counts[self.cfg.judge[0]]):
+            if emb in st.verdicts or counts[self.cfg.judge[0]][emb]["canary"][1] < self.cfg.min_canary_episodes:
                 continue
-            if self.cfg.test == "beta_binomial":
-                stat = prob_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
-                decision = ("promote" if stat >= self.cfg.promote_probability
-                            else "rollback" if stat <= 1 - self.cfg.promote_probability
-                            else "wait")
-            else:
-                stat = z_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
-                decision = "rollback" if stat < -norm.ppf(1 - self.cfg.alpha) else "promote"
-            if decision == "wait" and n_c >= 4 * self.cfg.min_canary_episodes:
-                decision = "promote" if stat >= 0.5 else "rollback"  # enough evidence either way: don't stall
+            # every judged outcome must be not worse to promote; any one worse rolls back (the one reported)
+            judged = [(m, *self._decide(counts[m][emb])) for m in self.cfg.judge]
+            worst = min(judged, key=lambda j: ("rollback", "wait", "promote").index(j[1]))
+            metric, decision, stat = worst
+            (s_c, n_c), (s_h, n_h) = counts[metric][emb]["canary"], counts[metric][emb]["champion"]
             d = RolloutDecision(version=st.canary, champion=st.champion, embodiment=emb, decision=decision,
                                 canary_episodes=n_c, canary_successes=s_c, champion_episodes=n_h,
-                                champion_successes=s_h, statistic=stat, test=self.cfg.test)
+                                champion_successes=s_h, statistic=stat, test=f"{self.cfg.test}:{metric}")
             self.board.rollout_decision(d)
             decisions.append(d)
             if decision != "wait":
@@ -127,6 +124,21 @@ class RolloutController:
             return [*decisions, self._finish(st, promote=True)]
         self.board.set_rollout_state(st)
         return decisions
+
+    def _decide(self, c: dict[str, list[int]]) -> tuple[str, float]:
+        """(promote | rollback | wait, statistic) for one outcome's canary and champion counts."""
+        (s_c, n_c), (s_h, n_h) = c["canary"], c["champion"]
+        if self.cfg.test == "beta_binomial":
+            stat = prob_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
+            decision = ("promote" if stat >= self.cfg.promote_probability
+                        else "rollback" if stat <= 1 - self.cfg.promote_probability
+                        else "wait")
+        else:
+            stat = z_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
+            decision = "rollback" if stat < -norm.ppf(1 - self.cfg.alpha) else "promote"
+        if decision == "wait" and n_c >= 4 * self.cfg.min_canary_episodes:
+            decision = "promote" if stat >= 0.5 else "rollback"  # enough evidence either way: don't stall
+        return decision, stat
 
     def refused_by(self, st: RolloutState) -> set[str]:
         """Canary robots that reported refusing the canary version since it started."""

@@ -2,8 +2,9 @@
 
 Scripted demonstrations -> warm start -> v1 champion -> a Franka, a YAM bimanual and an SO-101 actor on Ray with
 the learner -> versions hot-swapped into the running actors, a corrupted version (every actor refuses it), a
-degraded one (the rollout gate rolls it back) -> held-out evaluation of the first and the last champion. Real
-redis-server, Ray, DeepSpeed, MuJoCo, MLflow and ZeroMQ; about five minutes on two cores.
+degraded one (the rollout gate rolls it back, or a newer version supersedes it) -> held-out evaluation of the
+first and the last champion. Real redis-server, Ray, DeepSpeed, MuJoCo, MLflow and ZeroMQ; about nine minutes on
+two cores, most of it the warm start (160 steps: the least at which v1 succeeds on held-out scenes at all).
 """
 
 from __future__ import annotations
@@ -37,16 +38,15 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degrade
     tmp_path: Path, scoped_env: None
 ) -> None:
     cfg = FleetConfig(data_dir=str(tmp_path))
-    cfg.learner.batch_size = 4  # two CPU cores shared by three actors, the learner and the rollout driver
     os.environ[cfg.weights.secret_env] = secrets.token_hex(32)
     view = io.StringIO()
     summary = run_demo(
         cfg,
         MINUTES,
         Console(file=view, width=160),
-        demos_per_robot=3,
-        warm_steps=15,
-        eval_episodes=3,
+        demos_per_robot=8,
+        warm_steps=160,
+        eval_episodes=6,
         inject=True,
     )
     # what `fleet demo --json` writes, kept with pytest's temporary directories for a look after a failure
@@ -64,13 +64,18 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degrade
     assert set(summary["rejected_by_actors"]) == robots, brief
     assert all(corrupted in refused for refused in summary["rejected_by_actors"].values()), brief
     assert all(degraded not in refused for refused in summary["rejected_by_actors"].values()), brief
-    # the degraded version loads (it is signed and intact) and goes to the canary cohort for the gate to judge.
-    # Whether the gate rolls it back depends on the warm-started policy being better than noise, which the
-    # CI-sized warm start is not (held-out success 0 for every version): the gate's verdicts on real success
-    # differences are tested in tests/fleet/test_rollout.py; here they are reported, not asserted.
-    assert degraded in summary["versions_published"], brief
+    # ... and dropped by the gate as soon as every canary robot had refused it, without waiting for episodes
+    assert corrupted in summary["rolled_back"], brief
+    # the degraded version loads (it is signed and intact), runs on the canary cohort, and never becomes champion:
+    # the gate rolls it back, or (undecided within canary_timeout_s) a newer version supersedes it
+    assert degraded in summary["versions_published"] and degraded not in summary["promoted"], brief
+    assert degraded in summary["rolled_back"], brief
     print("gate decisions on the degraded version:",
           [d for d in summary["decisions"] if d["version"] == degraded], "rolled back:", summary["rolled_back"])
-    # the last champion does at least as well as the first on held-out scene seeds
+    print("held-out success:", summary["heldout"], "by version:", summary["success_by_version"])
+    # the first champion learned something (held-out scenes, no supervisor), and the last is not worse than the
+    # first beyond the noise of this few seeds (two episodes); the rise itself is not reached at this size (note)
     heldout = summary["heldout"]
-    assert heldout["last"]["fleet"] >= heldout["first"]["fleet"], brief
+    episodes = 3 * heldout["seeds"]
+    assert max(heldout["first"][e] for e in ("franka", "yam_bimanual", "so101")) > 0, brief
+    assert heldout["last"]["fleet"] >= heldout["first"]["fleet"] - 2 / episodes, brief

@@ -87,10 +87,26 @@ def test_gate_judges_autonomous_success_not_rescues(store: ReplayStore, redis_se
     assert (d.decision, d.canary_successes, d.champion_successes) == ("rollback", 1, 10)
     assert store.outcome_totals()[0]["autonomous"] + store.outcome_totals()[1]["autonomous"] == 11
     board.set_rollout_state(type(ctl.state)(champion=0))
-    lenient = RolloutController(store, board, RolloutConfig(min_canary_episodes=8, judge="success"))
+    lenient = RolloutController(store, board, RolloutConfig(min_canary_episodes=8, judge=["success"]))
     lenient.start_canary(4, {"franka": ROBOTS["franka"]})
     d = lenient.evaluate()[0]
     assert d.decision != "rollback" and d.canary_successes == 10 and d.statistic > 0.5
+
+
+def test_gate_rolls_back_on_rescues_when_autonomous_success_is_rare(store: ReplayStore, redis_server) -> None:
+    """Neither version succeeds by itself (0 vs 0 looks "not worse"), but the canary needs the supervisor far
+    more often to finish: judged on both outcomes, it is rolled back."""
+    board = StatusBoard(redis_server.client())
+    _feed(store, 0, "yam_bimanual", "yam-01", 6, 4, 0, rescued=6)  # champion's record: 6/10 with rescues
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=8))
+    ctl.start_canary(5, {"yam_bimanual": ["yam-01"]})
+    _feed(store, 5, "yam_bimanual", "yam-01", 0, 8, 100)
+    d = ctl.evaluate()[0]
+    assert d.decision == "rollback" and d.test == "beta_binomial:success", d
+    assert ctl.state.champion == 0 and ctl.state.canary is None
+    only_autonomous = RolloutController(store, board, RolloutConfig(min_canary_episodes=8, judge=["autonomous"]))
+    only_autonomous.start_canary(5, {"yam_bimanual": ["yam-01"]})
+    assert only_autonomous.evaluate()[0].decision != "rollback"  # what the autonomous outcome alone would do
 
 
 def test_canary_refused_by_every_canary_robot_is_rolled_back_at_once(store: ReplayStore, redis_server) -> None:
