@@ -171,25 +171,28 @@ class DemoRun:
 
     def maybe_inject(self, orch: Orchestrator, controller: RolloutController, weights: WeightStore, elapsed: float,
                      duration: float) -> None:
-        """Corrupted at 35% of the run (every actor must reject it), degraded at 55% (must be rolled back). Each
-        goes on the canary cohort at once: left to the gate's queue, a newer learner version would skip it."""
-        champion = controller.state.champion
-        if not self.inject or champion == 0:
+        """Corrupted from 25% of the run (every actor must reject it), degraded from 50% (must never become
+        champion). Each waits for a pending canary to be judged (pushing in would supersede a learner version
+        the gate was about to promote) for at most 15% of the run, then goes on the canary cohort at once: left
+        to the gate's queue, a newer learner version would skip it."""
+        st = controller.state
+        if not self.inject or st.champion == 0:
             return
-        if "corrupted" not in self.injected and elapsed > 0.35 * duration:
-            m = weights.publish(weights.fetch(champion)[1], parent=champion, figures={"injected": 1.0})
+        kind = next((k for k in ("corrupted", "degraded") if k not in self.injected), None)
+        start = {"corrupted": 0.25, "degraded": 0.5}.get(kind or "", 2.0) * duration
+        if kind is None or elapsed < start or (st.canary is not None and elapsed < start + 0.15 * duration):
+            return
+        if kind == "corrupted":
+            m = weights.publish(weights.fetch(st.champion)[1], parent=st.champion, figures={"injected": 1.0})
             path = Path(weights._path(m.version, "safetensors"))
             data = bytearray(path.read_bytes())
             data[len(data) // 2] ^= 0xFF  # one flipped byte: the sha256 must catch it
             path.write_bytes(bytes(data))
-            self.injected["corrupted"] = m.version
-            self.events.append(f"injected corrupted v{m.version}")
-        elif "degraded" not in self.injected and elapsed > 0.55 * duration:
-            m = weights.publish(degrade(weights.fetch(champion)[1]), parent=champion, figures={"injected": 2.0})
-            self.injected["degraded"] = m.version
-            self.events.append(f"injected degraded v{m.version}")
         else:
-            return
+            m = weights.publish(degrade(weights.fetch(st.champion)[1]), parent=st.champion,
+                                figures={"injected": 2.0})
+        self.injected[kind] = m.version
+        self.events.append(f"injected {kind} v{m.version}")
         robots: dict[str, list[str]] = {}
         for spec in self.cfg.actors.robots:
             robots.setdefault(spec.embodiment, []).append(spec.robot_id)
