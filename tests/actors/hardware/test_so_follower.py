@@ -12,6 +12,16 @@ from actors.hardware import SOFollowerConfig, SOFollowerEnv, SOJointMap
 MOTORS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 
 
+def import_so_follower():
+    """lerobot.robots.so_follower, importable here through the learner's torchvision shim (lerobot's robot
+    package imports torchvision, which this CPU-torch venv keeps outside; see learner/lerobot_compat.py)."""
+    from learner.lerobot_compat import load_lerobot
+
+    with contextlib.suppress(ImportError, OSError):  # no shim target: skipped below with lerobot's own reason
+        load_lerobot()
+    return pytest.importorskip("lerobot.robots.so_follower")
+
+
 def test_joint_map_converts_degrees_and_gripper_percent():
     m = SOJointMap()
     obs = {
@@ -101,7 +111,7 @@ class FakeCamera:
 @pytest.fixture
 def lerobot_follower(tmp_path, monkeypatch):
     """A real lerobot SOFollower built on a fake serial bus (no Feetech SDK, no port), with fake cameras."""
-    so = pytest.importorskip("lerobot.robots.so_follower")
+    so = import_so_follower()
     monkeypatch.setattr(so.so_follower, "FeetechMotorsBus", FakeBus)
     robot = so.SOFollower(
         so.SOFollowerRobotConfig(
@@ -148,7 +158,7 @@ def test_env_refuses_other_embodiments_and_missing_cameras():
     with pytest.raises(ValueError, match="so100 or so101"):
         SOFollowerEnv("franka")
     env = SOFollowerEnv("so101", config=SOFollowerConfig(cameras={}), pace=False)
-    pytest.importorskip("lerobot.robots.so_follower")
+    import_so_follower()
     with pytest.raises(ValueError, match=r"SOFollowerConfig\.cameras"):
         env.reset()
 
