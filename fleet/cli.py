@@ -125,7 +125,7 @@ def rollout_rollback(to: Annotated[int | None, typer.Option(help="set the champi
 
 @app.command()
 def demo(
-    minutes: Annotated[float, typer.Option(help="how long the fleet runs after the warm start")] = 5.0,
+    minutes: Annotated[float, typer.Option(help="how long the fleet runs after the warm start")] = 8.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the summary here")] = None,
     demos: Annotated[int, typer.Option(help="scripted demonstrations per robot")] = 10,
     warm_steps: Annotated[int, typer.Option(help="warm-start training steps on the demonstrations")] = 200,

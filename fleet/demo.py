@@ -60,7 +60,9 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     cfg.actors.robots = list(base.actors.robots) or list(DEMO_ROBOTS)
     cfg.rollout.min_canary_episodes = min(cfg.rollout.min_canary_episodes, 5)
     cfg.learner.publish_every_steps = min(cfg.learner.publish_every_steps, 60)
-    cfg.rollout.canary_timeout_s = min(cfg.rollout.canary_timeout_s, 45.0)
+    # with one robot per embodiment and low success rates the gate often needs its 4 x min_canary_episodes
+    # fallback (~20 episodes, ~2 min): a shorter timeout lets every canary be superseded before it is judged
+    cfg.rollout.canary_timeout_s = min(cfg.rollout.canary_timeout_s, 150.0)
     cfg.learner.batch_size = min(cfg.learner.batch_size, 8)  # two CPU cores: more, smaller steps
     # the supervisor steps in after 1.5 s without progress: its corrections in the states the policy reaches
     # are the fleet's most useful data (a 6 s reach rarely stalls for the default 3 s)

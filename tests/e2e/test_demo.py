@@ -38,6 +38,7 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degrade
     tmp_path: Path, scoped_env: None
 ) -> None:
     cfg = FleetConfig(data_dir=str(tmp_path))
+    cfg.rollout.canary_timeout_s = 45.0  # three fleet minutes: an undecided canary makes way for the next one
     os.environ[cfg.weights.secret_env] = secrets.token_hex(32)
     view = io.StringIO()
     summary = run_demo(
