@@ -7,7 +7,7 @@ first ``execute_fraction`` of actions run before the next round, as the actor's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from actors.embodiments import get_embodiment
 from actors.policy_client import PolicyClient
@@ -15,8 +15,10 @@ from actors.sim.env import FleetSimEnv
 
 
 def evaluate(client: PolicyClient, embodiment: str, task: str, seeds: Iterable[int], image_size: int = 96,
-             execute_fraction: float = 0.5) -> list[bool]:
-    """Success of one episode per seed, in the order of ``seeds``."""
+             execute_fraction: float = 0.5,
+             on_step: Callable[[int, FleetSimEnv], None] | None = None) -> list[bool]:
+    """Success of one episode per seed, in the order of ``seeds``. ``on_step(i, env)`` runs after every step of
+    the i-th seed's episode (for measurements beyond success)."""
     emb = get_embodiment(embodiment)
     seeds = list(seeds)
     envs = [FleetSimEnv(emb.name, task, image_size=image_size, render=True) for _ in seeds]
@@ -32,6 +34,8 @@ def evaluate(client: PolicyClient, embodiment: str, task: str, seeds: Iterable[i
                 done = False
                 for action in chunk[: max(1, int(len(chunk) * execute_fraction))]:
                     obs[i], _, terminated, truncated, info = envs[i].step(action)
+                    if on_step is not None:
+                        on_step(i, envs[i])
                     success[i] = success[i] or bool(info.get("success"))
                     done = success[i] or terminated or truncated
                     if done:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from actors.embodiments import get_embodiment, schemas
+from actors.embodiments import schemas
+from actors.evaluation import evaluate
 from actors.policy_client import InProcessPolicyClient
 from actors.sim.env import FleetSimEnv
 from fleet.cli_learner import delta_masks, embodiment_tables
@@ -42,37 +43,17 @@ from learner.publish import DirectoryWeightSink
 
 def held_out(client: InProcessPolicyClient, embodiment: str, task: str, seeds: list[int],
              image_size: int) -> tuple[float, float]:
-    """(success rate, mean closest approach of arm 0's tool centre to the task's target, m) over ``seeds``;
-    chunks run their first half before the next batched inference, as in actors/evaluation.py."""
-    emb = get_embodiment(embodiment)
-    envs = [FleetSimEnv(emb.name, task, image_size=image_size) for _ in seeds]
-    try:
-        obs = [env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]
-        success, closest = [False] * len(envs), [np.inf] * len(envs)
-        live = list(range(len(envs)))
-        while live:
-            chunks = client.infer_batch([client.sample_from(obs[i], envs[i].unwrapped.instruction, emb.norm_tag)
-                                         for i in live])
-            still = []
-            for i, chunk in zip(live, chunks, strict=True):
-                done = False
-                for action in chunk[: max(1, len(chunk) // 2)]:
-                    obs[i], _, terminated, truncated, info = envs[i].step(action)
-                    scene, target = envs[i].unwrapped.scene, getattr(envs[i].unwrapped.task, "target", None)
-                    if target is not None:
-                        gap = np.linalg.norm(scene.tcp_pose(0)[0] - target.position(scene.data))
-                        closest[i] = min(closest[i], float(gap))
-                    success[i] = success[i] or bool(info["success"])
-                    done = success[i] or terminated or truncated
-                    if done:
-                        break
-                if not done:
-                    still.append(i)
-            live = still
-        return float(np.mean(success)), float(np.mean(closest))
-    finally:
-        for env in envs:
-            env.close()
+    """(success rate, mean closest approach of arm 0's tool centre to the task's target, m) over ``seeds``, run
+    as the demo's held-out evaluation runs them (actors/evaluation.py)."""
+    closest = [np.inf] * len(seeds)
+
+    def approach(i: int, env: FleetSimEnv) -> None:
+        scene, target = env.unwrapped.scene, getattr(env.unwrapped.task, "target", None)
+        if target is not None:
+            closest[i] = min(closest[i], float(np.linalg.norm(scene.tcp_pose(0)[0] - target.position(scene.data))))
+
+    success = evaluate(client, embodiment, task, seeds, image_size, on_step=approach)
+    return float(np.mean(success)), float(np.mean(closest))
 
 
 def curve(store: ReplayStore, cfg: FleetConfig, delta: bool, args: argparse.Namespace, root: Path) -> list[tuple]:

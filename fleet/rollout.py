@@ -68,28 +68,34 @@ class RolloutController:
         self.on_alias(version, "canary")
         return st
 
-    def _counts(self, st: RolloutState, won: str) -> dict[str, dict[str, list[int]]]:
-        """embodiment -> {"canary": [wins, episodes], "champion": [...]} since the canary started; a win is the
-        outcome column ``won`` ("autonomous" or "successes")."""
-        out: dict[str, dict[str, list[int]]] = {}
-        for row in self.store.outcome_buckets(since=st.canary_since - self.store.cfg.stats_bucket_s):
-            role = "canary" if row["version"] == st.canary else "champion" if row["version"] == st.champion else None
-            if role is None:
-                continue
-            c = out.setdefault(str(row["embodiment"]), {"canary": [0, 0], "champion": [0, 0]})[role]
-            c[0] += int(row[won])
-            c[1] += int(row["episodes"])
-        # an embodiment whose robots are all in the cohort has no champion episodes in the period: compare with
-        # the champion's whole record on that embodiment instead
-        record: dict[str, list[int]] = {}
-        for row in self.store.outcome_totals():
-            if row["version"] == st.champion:
-                r = record.setdefault(str(row["embodiment"]), [0, 0])
-                r[0] += int(row[won])
-                r[1] += int(row["episodes"])
-        for emb, c in out.items():
-            if c["champion"][1] < self.cfg.min_canary_episodes and emb in record:
-                c["champion"] = record[emb]
+    def _counts(self, st: RolloutState) -> dict[str, dict[str, dict[str, list[int]]]]:
+        """judged outcome -> embodiment -> {"canary": [wins, episodes], "champion": [...]} since the canary
+        started (one read of the store's outcome stats for every judged outcome)."""
+        period = self.store.outcome_buckets(since=st.canary_since - self.store.cfg.stats_bucket_s)
+        totals = self.store.outcome_totals()
+        out: dict[str, dict[str, dict[str, list[int]]]] = {}
+        for metric in self.cfg.judge:
+            won = "autonomous" if metric == "autonomous" else "successes"
+            per_emb = out[metric] = {}
+            for row in period:
+                role = ("canary" if row["version"] == st.canary
+                        else "champion" if row["version"] == st.champion else None)
+                if role is None:
+                    continue
+                c = per_emb.setdefault(str(row["embodiment"]), {"canary": [0, 0], "champion": [0, 0]})[role]
+                c[0] += int(row[won])
+                c[1] += int(row["episodes"])
+            # an embodiment whose robots are all in the cohort has no champion episodes in the period: compare
+            # with the champion's whole record on that embodiment instead
+            record: dict[str, list[int]] = {}
+            for row in totals:
+                if row["version"] == st.champion:
+                    r = record.setdefault(str(row["embodiment"]), [0, 0])
+                    r[0] += int(row[won])
+                    r[1] += int(row["episodes"])
+            for emb, c in per_emb.items():
+                if c["champion"][1] < self.cfg.min_canary_episodes and emb in record:
+                    c["champion"] = record[emb]
         return out
 
     def evaluate(self) -> list[RolloutDecision]:
@@ -102,7 +108,7 @@ class RolloutController:
             st.verdicts = {"*": "refused"}
             return [self._finish(st, promote=False)]
         decisions = []
-        counts = {m: self._counts(st, "autonomous" if m == "autonomous" else "successes") for m in self.cfg.judge}
+        counts = self._counts(st)
         for emb in sorted(counts[self.cfg.judge[0]]):
             if emb in st.verdicts or counts[self.cfg.judge[0]][emb]["canary"][1] < self.cfg.min_canary_episodes:
                 continue
