@@ -47,3 +47,19 @@ def evaluate(client: PolicyClient, embodiment: str, task: str, seeds: Iterable[i
     finally:
         for env in envs:
             env.close()
+
+
+def evaluate_fleet(client: PolicyClient, pairs: Iterable[tuple[str, str]], seeds: Iterable[int],
+                   image_size: int = 96) -> dict[str, float]:
+    """Success rate per (embodiment, task) pair on the same ``seeds``, keyed by embodiment (``embodiment/task``
+    where an embodiment runs several tasks), and their mean as ``fleet``."""
+    pairs = list(dict.fromkeys(pairs))
+    seeds = list(seeds)
+    tasks_of: dict[str, int] = {}
+    for emb, _ in pairs:
+        tasks_of[emb] = tasks_of.get(emb, 0) + 1
+    rates = {(emb if tasks_of[emb] == 1 else f"{emb}/{task}"):
+             sum(evaluate(client, emb, task, seeds, image_size)) / max(len(seeds), 1)
+             for emb, task in pairs}
+    rates["fleet"] = sum(rates.values()) / max(len(rates), 1)
+    return rates

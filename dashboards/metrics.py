@@ -230,7 +230,7 @@ class FleetCollector(Collector):
                 mixture.add_metric([p], v)
         events = self.board.version_events(count=1000)
         kinds = _g("version_events", "version events in the recorded history, per kind", ["kind"])
-        for kind in ("published", "canary", "promoted", "rolled_back", "rejected"):
+        for kind in ("published", "held_back", "canary", "promoted", "rolled_back", "rejected"):
             kinds.add_metric([kind], sum(e.kind == kind for e in events))
         latest = _g("latest_published_version", "newest version the learner published")
         published = [e.version for e in events if e.kind == "published"]

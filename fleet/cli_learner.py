@@ -13,8 +13,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -44,6 +45,25 @@ def delta_masks() -> dict[str, list[bool]]:
     from actors.embodiments import EMBODIMENTS
 
     return {e.norm_tag: [n not in e.grippers for n in e.dof_names] for e in EMBODIMENTS.values()}
+
+
+def sim_eval(cfg: FleetConfig) -> Callable[[Any, int], dict[str, float]] | None:
+    """The learner's rollout hook: every version's held-out success in simulation, per embodiment the fleet runs
+    (``sim/<embodiment>``, ``sim/fleet``), on ``sim_eval_episodes`` seeds from ``sim_eval_seed``. None when off."""
+    n = cfg.learner.sim_eval_episodes
+    pairs = [(s.embodiment, s.task) for s in cfg.actors.robots]
+    if n == 0 or not pairs:
+        return None
+
+    def run(policy: Any, step: int) -> dict[str, float]:
+        from actors.evaluation import evaluate_fleet
+        from actors.policy_client import InProcessPolicyClient
+
+        seeds = range(cfg.learner.sim_eval_seed, cfg.learner.sim_eval_seed + n)
+        rates = evaluate_fleet(InProcessPolicyClient(policy), pairs, seeds, cfg.actors.image_size)
+        return {f"sim/{k}": v for k, v in rates.items()}
+
+    return run
 
 
 def run_learner(
@@ -88,6 +108,7 @@ def run_learner(
             tracker=tracker,
             board=StatusBoard(client, cfg.replay.prefix),
             norm_tags=norm_tags,
+            rollout_eval=sim_eval(cfg),
         )
         status = "FAILED"
         try:

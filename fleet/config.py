@@ -98,6 +98,8 @@ class RolloutConfig(Section):
                                                            min_length=1)
     # outcomes the gate compares, each must be not worse: autonomous = success with no supervisor step, success =
     # any successful episode (rescues included); see fleet/rollout.py
+    sim_screen: bool = True  # a version whose simulated held-out success (the learner's sim/fleet figure) is
+    # below the champion's is held back, never canaried; versions without the figure go to the canary as before
 
 
 class LearnerConfig(Section):
@@ -127,11 +129,15 @@ class LearnerConfig(Section):
     # (unlisted: 1.0); empty: embodiments in proportion to their (weighted) episodes
     fleet_sources: list[str] = Field(default_factory=lambda: ["fleet", "demo"])  # episode sources that feed the
     # fresh and history pools; "eval" episodes are never trained on
+    rehearsal_sources: list[str] = Field(default_factory=lambda: ["rehearsal"])  # sources that feed the rehearsal
+    # pool (imported datasets; the demo adds its scripted demonstrations: the prior every batch keeps a share of)
     fresh_window_s: float = 600  # episodes newer than this count as fresh
     success_weight: float = 2.0  # up-weight successful episodes
     intervention_weight: float = 3.0  # up-weight windows that start on a supervisor (intervention) step
     failures: Literal["drop", "keep"] = "drop"  # drop: failed episodes give only their intervention windows;
     # keep: every window, with the outcome written into the instruction (see learner/mixture.py)
+    rescued: Literal["interventions", "all"] = "interventions"  # a success with supervisor steps gives only its
+    # intervention windows (its policy steps led to the takeover: HG-DAgger / Sirius); all: every window
     holdout_fraction: float = Field(0.05, ge=0, lt=1)  # episodes (by id hash) kept out of training for eval loss
     eval_windows: int = 32  # held-out windows in the eval-loss set
     min_episodes: int = 1  # training waits until this many trainable episodes are stored
@@ -145,6 +151,10 @@ class LearnerConfig(Section):
     delta_actions: bool = True  # a fresh policy predicts joints relative to the chunk's first state (grippers
     # absolute): several times the precision of absolute joint targets for the same model (policy/normalization.py)
     seed: int = 0  # policy init, sampling and flow-noise RNGs
+    sim_eval_episodes: int = Field(0, ge=0)  # per version and robot (embodiment, task): held-out episodes in
+    # simulation, no supervisor, figures sim/<embodiment> and sim/fleet in the manifest (the rollout's screen);
+    # 0: off. Seeds sim_eval_seed.. are never used by actors or the demo's final evaluation
+    sim_eval_seed: int = 800_000
 
     @model_validator(mode="after")
     def _check(self) -> LearnerConfig:
@@ -158,6 +168,8 @@ class LearnerConfig(Section):
         unknown = set(self.mixture) - {"fresh", "history", "rehearsal"}
         if unknown:
             problems.append(f"mixture pools {sorted(unknown)} unknown: use fresh, history, rehearsal")
+        if set(self.fleet_sources) & set(self.rehearsal_sources):
+            problems.append("fleet_sources and rehearsal_sources must not share a source")
         if any(w < 0 for w in self.embodiment_weights.values()):
             problems.append("embodiment_weights must be >= 0")
         if self.success_weight <= 0 or self.intervention_weight <= 0:

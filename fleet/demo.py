@@ -131,7 +131,7 @@ class DemoRun:
         """Fit a fresh tiny model to the demonstrations: the first ``warm_steps`` of the learner's one continual
         run (same checkpoint directory, optimizer state and schedule; the fleet's learner resumes it). Save it as
         the fleet's base checkpoint (what actors load) and publish it as the first version."""
-        from fleet.cli_learner import delta_masks, embodiment_tables
+        from fleet.cli_learner import delta_masks, embodiment_tables, sim_eval
         from learner.bootstrap import open_policy
         from learner.continual import Learner
         from learner.publish import DirectoryWeightSink
@@ -151,25 +151,23 @@ class DemoRun:
             learner.close()
         mode = warm_cfg.finetune
         save_checkpoint(ckpt / "base", policy)  # the trained weights over the fresh ones the learner saved
-        m = weights.publish(trainable_bytes(policy, mode), step=summary.steps, mode=mode,
-                            figures={"warm_start_loss": float(summary.last_loss)})
+        figures = {"warm_start_loss": float(summary.last_loss)}
+        screen = sim_eval(self.cfg)  # v1's simulated success: what the rollout screens the learner's versions by
+        if screen is not None:
+            figures.update(screen(policy.eval(), summary.steps))
+        m = weights.publish(trainable_bytes(policy, mode), step=summary.steps, mode=mode, figures=figures)
         FleetRegistry(self.cfg.mlflow, self.root).register(m.version, str(ckpt / "base"), None,
                                                            {"source": "warm-start"})
         return m.version
 
     def evaluate(self, weights: WeightStore, version: int) -> dict[str, float]:
-        from actors.evaluation import evaluate
+        from actors.evaluation import evaluate_fleet
         from actors.policy_client import InProcessPolicyClient
 
         client = InProcessPolicyClient.from_checkpoint(self.cfg.path(self.cfg.learner.checkpoint_dir) / "base")
         client.load_weights(weights.fetch(version)[1], version)
-        rates = {}
-        for spec in self.cfg.actors.robots:
-            seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + self.eval_episodes)
-            rates[spec.embodiment] = float(np.mean(evaluate(client, spec.embodiment, spec.task, seeds,
-                                                            self.cfg.actors.image_size)))
-        rates["fleet"] = float(np.mean([rates[s.embodiment] for s in self.cfg.actors.robots]))
-        return rates
+        return evaluate_fleet(client, [(s.embodiment, s.task) for s in self.cfg.actors.robots],
+                              range(HELD_OUT_SEED, HELD_OUT_SEED + self.eval_episodes), self.cfg.actors.image_size)
 
     def maybe_inject(self, orch: Orchestrator, controller: RolloutController, weights: WeightStore, elapsed: float,
                      duration: float) -> None:

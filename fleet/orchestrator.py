@@ -249,11 +249,13 @@ class Orchestrator:
             st = controller.state
             pending = st.canary is not None and time.time() - st.canary_since < self.cfg.rollout.canary_timeout_s
             if latest > max(self.last_canaried, st.champion) and latest != st.canary and not pending:
-                robots: dict[str, list[str]] = {}
-                for spec in self.cfg.actors.robots:
-                    robots.setdefault(spec.embodiment, []).append(spec.robot_id)
-                controller.start_canary(latest, robots)
                 self.last_canaried = latest
+                champion = weights.manifest(st.champion).figures if st.champion else {}
+                if controller.screen(latest, weights.manifest(latest).figures, champion):
+                    robots: dict[str, list[str]] = {}
+                    for spec in self.cfg.actors.robots:
+                        robots.setdefault(spec.embodiment, []).append(spec.robot_id)
+                    controller.start_canary(latest, robots)
         controller.evaluate()
 
     def run(self, seconds: float | None = None, stop: threading.Event | None = None, every_s: float = 1.0) -> None:

@@ -8,6 +8,13 @@ autonomous success when both are rare); a canary is promoted when every judged o
 when any one is worse. A canary that every canary robot refused (verification or load
 failed) is rolled back at once: it will never run, so there is nothing to wait for.
 
+Before the canary, the screen (``RolloutConfig.sim_screen``): a version whose simulated held-out success
+(``sim/fleet`` in its manifest, measured by the learner on seeds no robot runs) is below the champion's is held
+back and never reaches a robot. Live canary counts on a small cohort are few and mostly rescues; the screen
+compares both versions on the same scenes with no supervisor, so the canary's robot time goes to versions that
+did at least as well there. Versions without the figure (a learner with ``sim_eval_episodes: 0``, a manual
+publish) skip the screen.
+
 Tests, both configurable:
 - ``beta_binomial``: Beta(1 + s, 1 + f) posteriors; P(p_canary >= p_champion - margin) by seeded Monte Carlo;
   promote when it reaches ``promote_probability``, roll back when it falls to ``1 - promote_probability``.
@@ -17,7 +24,7 @@ Tests, both configurable:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from scipy.stats import norm
@@ -25,6 +32,8 @@ from scipy.stats import norm
 from fleet.config import RolloutConfig
 from fleet.replay import ReplayStore
 from fleet.status import RolloutDecision, RolloutState, StatusBoard, VersionEvent
+
+SIM_FIGURE = "sim/fleet"  # the manifest figure the screen compares (learner: sim_eval_episodes)
 
 
 def prob_not_worse(s_c: int, n_c: int, s_h: int, n_h: int, margin: float, draws: int = 40_000) -> float:
@@ -52,6 +61,17 @@ class RolloutController:
     @property
     def state(self) -> RolloutState:
         return self.board.rollout_state()
+
+    def screen(self, version: int, figures: Mapping[str, float], champion_figures: Mapping[str, float]) -> bool:
+        """Whether ``version`` may go to the canary; a version screened out is recorded as held back."""
+        new, old = figures.get(SIM_FIGURE), champion_figures.get(SIM_FIGURE)
+        if not self.cfg.sim_screen or new is None or old is None or new >= old:
+            return True
+        champion = self.state.champion
+        self.board.version_event(VersionEvent(
+            version=version, kind="held_back", detail=f"simulated success {new:.2f} < champion v{champion}'s {old:.2f}",
+            figures={k: v for k, v in figures.items() if k.startswith("sim/")}))
+        return False
 
     def start_canary(self, version: int, robots: dict[str, list[str]]) -> RolloutState:
         """Put ``version`` on a canary cohort: ``canary_fraction`` of each embodiment's robots (at least one)."""

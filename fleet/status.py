@@ -54,7 +54,8 @@ class LearnerStatus(BaseModel):
 
 class VersionEvent(BaseModel):
     version: int
-    kind: Literal["published", "promoted", "rolled_back", "rejected", "canary"]
+    kind: Literal["published", "held_back", "promoted", "rolled_back", "rejected", "canary"]  # held_back: the
+    # simulated held-out evaluation screened it out before any robot ran it (fleet/rollout.py)
     embodiment: str = ""  # empty: fleet-wide
     robot: str = ""  # the robot that reported it (rejected), else empty
     detail: str = ""

@@ -5,7 +5,8 @@ Every draw goes down four levels, each with its own weights:
 1. pool, by ``LearnerConfig.mixture``: ``fresh`` (fleet episodes that ended less than ``fresh_window_s`` ago:
    what the fleet does now, where the policy should specialize), ``history`` (older fleet episodes, the store's
    reservoir included: what it did before, so yesterday's skills are rehearsed) and ``rehearsal`` (imported
-   pretraining-style datasets, ``source="rehearsal"``: the broad prior that keeps the backbone general).
+   pretraining-style datasets, sources in ``rehearsal_sources``: the broad prior that keeps the backbone
+   general; the demo puts its scripted demonstrations here).
    Empty pools drop out and the others are renormalised (the realised shares are logged, so that shows);
 2. embodiment, by ``embodiment_weights``: its share of the pool (empty config: in proportion to the data);
 3. episode, by outcome: a success weighs ``success_weight``; intervention steps add to an episode's weight
@@ -22,6 +23,12 @@ policy fed a mostly-failure token just averages both behaviours). The corrective
 interventions, and those are kept. ``failures="keep"`` trains on every window and writes the outcome into the
 instruction (``OUTCOME_SUFFIX``); actors must then ask for the successful behaviour by appending
 ``OUTCOME_SUFFIX[True]`` to their instruction at inference.
+
+Rescues. A success with supervisor steps is, for its policy steps, a failure that someone rescued: the policy
+stalled or went wrong, which is why the supervisor took over. ``rescued="interventions"`` (default) trains only
+on its intervention windows, as HG-DAgger does (Sirius keeps the rest at a lower weight; this is the same rule
+with that weight at 0): the policy's own steps are imitated only from episodes it succeeded in alone.
+``rescued="all"`` keeps every window of a success.
 
 A fraction of episodes (``holdout_fraction``, by a hash of the id, so every learner agrees and a restart keeps
 the split) is never trained on: the eval-loss set is drawn from it.
@@ -139,17 +146,23 @@ class MixtureSampler:
     def tag_of(self, embodiment: str) -> str:
         return self.norm_tags.get(embodiment, embodiment)
 
+    def _interventions_only(self, meta: EpisodeMeta) -> bool:
+        """Only windows that start on a supervisor step are eligible (failures, and rescued successes)."""
+        if not meta.success:
+            return self.cfg.failures == "drop"
+        return meta.interventions > 0 and self.cfg.rescued == "interventions"
+
     def _weight(self, meta: EpisodeMeta, steps: int) -> float:
         cfg = self.cfg
         share = min(meta.interventions, steps) / max(steps, 1)  # fraction of start steps under intervention
-        if not meta.success and cfg.failures == "drop":
+        if self._interventions_only(meta):
             return cfg.intervention_weight * share  # only intervention starts are eligible
         outcome = cfg.success_weight if meta.success else 1.0
         return outcome * (1.0 + (cfg.intervention_weight - 1.0) * share)
 
     def refresh(self, now: float | None = None) -> int:
         """Re-list the store's episodes (new ones in, evicted ones out); returns the trainable count."""
-        sources = [*self.cfg.fleet_sources, "rehearsal"]
+        sources = [*self.cfg.fleet_sources, *self.cfg.rehearsal_sources]
         ids = [i for src in dict.fromkeys(sources) for i in self.store.episode_ids(f"src:{src}")]
         live = set(ids)
         for table in (self._known, self._held_out):
@@ -171,14 +184,14 @@ class MixtureSampler:
         metas = self.store.metas(ids)
         steps = self.store.num_steps(ids)
         for i, m, n in zip(ids, metas, steps, strict=True):
-            if m is None or n is None or m.source not in (*self.cfg.fleet_sources, "rehearsal"):
+            if m is None or n is None or m.source not in (*self.cfg.fleet_sources, *self.cfg.rehearsal_sources):
                 continue
             tag = self.tag_of(m.embodiment)
             if tag not in self.norm_stats.metadata_by_tag:
                 self._skipped[m.embodiment] += 1  # the policy has no statistics for it: it cannot train on it
                 continue
             c = Candidate(m, tag, n, self._weight(m, n))
-            if m.source != "rehearsal":
+            if m.source not in self.cfg.rehearsal_sources:
                 self.newest_version = max(self.newest_version, m.policy_version)
             target = self._held_out if is_held_out(i, self.cfg.holdout_fraction) else self._known
             target[i] = c
@@ -192,7 +205,7 @@ class MixtureSampler:
         return sum(1 for c in self._known.values() if c.weight > 0)
 
     def _pool_of(self, c: Candidate, cutoff: float) -> str:
-        if c.meta.source == "rehearsal":
+        if c.meta.source in self.cfg.rehearsal_sources:
             return "rehearsal"
         return "fresh" if c.meta.end_time >= cutoff else "history"
 
@@ -245,7 +258,7 @@ class MixtureSampler:
         if c.flags is None:
             c.flags = self._read_flags(c)
         weights = np.where(c.flags, self.cfg.intervention_weight, 1.0)
-        if not c.meta.success and self.cfg.failures == "drop":
+        if self._interventions_only(c.meta):
             weights = np.where(c.flags, weights, 0.0)
         cum = np.cumsum(weights)
         if cum[-1] <= 0:  # flags unreadable (evicted since listed): any step; its read will skip it anyway
@@ -299,14 +312,20 @@ class MixtureSampler:
         if not w.images or any(len(f) == 0 for f in w.images.values()):
             raise ValueError(f"episode {w.meta.episode_id}: no camera frame at step {w.start}")
         instruction = w.meta.instruction
-        if self.cfg.failures == "keep" and w.meta.source != "rehearsal":
+        if self.cfg.failures == "keep" and w.meta.source not in self.cfg.rehearsal_sources:
             instruction += OUTCOME_SUFFIX[w.meta.success]
+        actions = np.asarray(w.action[: d.horizon], dtype=np.float32)  # (<= horizon, A)
+        flags = np.asarray(w.intervention[: len(actions)], dtype=bool)
+        if len(flags) and flags[0] and not flags.all():
+            # a window that starts on a supervisor step ends at the hand-back: the steps after it are the policy
+            # again (a 2 s takeover is one or two chunks long, so most such windows would teach some of them)
+            actions = actions[: int(np.argmin(flags))]
         return PolicySample(
             images={cam: frames[0] for cam, frames in w.images.items()},  # stored order: main camera first
             state=np.asarray(w.state[0], dtype=np.float32),
             instruction=instruction,
             embodiment=d.candidate.tag,
-            actions=np.asarray(w.action[: d.horizon], dtype=np.float32),  # (<= horizon, A)
+            actions=actions,
             depth=w.depth[0] if w.depth is not None and len(w.depth) else None,  # MolmoThink targets (H, W)
         )
 
@@ -316,7 +335,7 @@ class MixtureSampler:
         """Up to ``n`` deterministic windows from held-out episodes (``kind``: fleet or rehearsal)."""
         want_rehearsal = kind == "rehearsal"
         pool = sorted(
-            (c for c in self._held_out.values() if (c.meta.source == "rehearsal") == want_rehearsal),
+            (c for c in self._held_out.values() if (c.meta.source in self.cfg.rehearsal_sources) == want_rehearsal),
             key=lambda c: c.meta.episode_id,
         )
         if not pool:
@@ -332,7 +351,8 @@ class MixtureSampler:
         """Held-out episodes (kind: None for all, "fleet" or "rehearsal")."""
         if kind is None:
             return len(self._held_out)
-        return sum((c.meta.source == "rehearsal") == (kind == "rehearsal") for c in self._held_out.values())
+        rehearsal = self.cfg.rehearsal_sources
+        return sum((c.meta.source in rehearsal) == (kind == "rehearsal") for c in self._held_out.values())
 
     # ------------------------------------------------------------------------------------------ what happened
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.evaluation import evaluate
+from actors.evaluation import evaluate, evaluate_fleet
 from actors.policy_client import PolicyClient
 from actors.sim.env import FleetSimEnv
 from policy.processor import PolicySample
@@ -34,3 +34,11 @@ def test_every_seed_runs_to_its_time_limit_and_on_step_sees_each_step() -> None:
     limit = envs[0].max_steps
     assert steps == {0: limit, 1: limit}  # no early end: the arm held still to the time limit
     assert client.calls == 2 * -(-limit // 4)  # half of each 8-action chunk runs before the next round
+
+
+def test_evaluate_fleet_keys_rates_by_embodiment_and_task() -> None:
+    client = HoldStill()
+    rates = evaluate_fleet(client, [("franka", "reach"), ("franka", "pick_place"), ("so101", "reach"), ("so101", "reach")],
+                           [900_000], image_size=32)
+    # franka runs two tasks: keyed per task; so101 one (listed twice, run once); fleet = mean of the three
+    assert rates == {"franka/reach": 0.0, "franka/pick_place": 0.0, "so101": 0.0, "fleet": 0.0}

@@ -132,3 +132,41 @@ def test_manual_promote_and_rollback(store: ReplayStore, redis_server) -> None:
     st = ctl.rollback()
     assert st.champion == 5 and st.canary is None
     assert ctl.rollback(to_version=4).champion == 4
+
+
+def test_screen_holds_back_versions_below_the_champion_in_simulation(store: ReplayStore, redis_server,
+                                                                     tmp_path) -> None:
+    """Through the orchestrator's tick: a version whose sim/fleet figure is below the champion's never reaches the
+    canary; one at least as good, or one without the figure, does."""
+    from fleet.config import ActorSpec, FleetConfig
+    from fleet.orchestrator import Orchestrator
+    from fleet.weights import WeightStore
+
+    client = redis_server.client()
+    board = StatusBoard(client)
+    weights = WeightStore(str(tmp_path / "w"), "s3cret", client)
+    cfg = FleetConfig(data_dir=str(tmp_path))
+    cfg.actors.robots = [ActorSpec(robot_id=r, embodiment=e, task="reach") for e, ids in ROBOTS.items() for r in ids]
+    ctl = RolloutController(store, board, cfg.rollout)
+    orch = Orchestrator(cfg, policy="unused")  # not entered: no Ray, no processes; tick only drives the gate
+    v1 = weights.publish(b"one", figures={"sim/fleet": 0.25}).version
+    ctl.promote(v1)
+    orch.last_canaried = v1
+
+    worse = weights.publish(b"two", figures={"sim/fleet": 0.125, "sim/franka": 0.0}).version
+    orch.tick(ctl, weights)
+    assert ctl.state.canary is None and ctl.state.champion == v1
+    held = [e for e in board.version_events(10) if e.kind == "held_back"]
+    assert [e.version for e in held] == [worse] and "0.12 < champion v1's 0.25" in held[0].detail
+    assert held[0].figures == {"sim/fleet": 0.125, "sim/franka": 0.0}
+    orch.tick(ctl, weights)  # screened once: not again on every tick
+    assert sum(e.kind == "held_back" for e in board.version_events(10)) == 1
+
+    equal = weights.publish(b"three", figures={"sim/fleet": 0.25}).version
+    orch.tick(ctl, weights)
+    assert ctl.state.canary == equal
+
+    cfg.rollout.sim_screen = False  # off: the figure is ignored
+    off = RolloutController(store, board, cfg.rollout)
+    assert off.screen(99, {"sim/fleet": 0.0}, {"sim/fleet": 1.0})
+    assert ctl.screen(99, {}, {"sim/fleet": 1.0})  # no figure: nothing to screen by

@@ -108,6 +108,57 @@ def test_outcomes_and_interventions_weigh_as_configured(store: ReplayStore, tmp_
     assert sample.instruction.endswith(OUTCOME_SUFFIX[False])
 
 
+def test_rescued_successes_train_only_on_their_interventions(store: ReplayStore, tmp_path) -> None:
+    alone = _add(store, 4, 0, success=True)
+    rescued = _add(store, 4, 10, success=True, interventions=5)  # last 5 of 20 steps by the supervisor
+    cfg = learner_config(tmp_path, holdout_fraction=0.0, mixture={"fresh": 1.0})
+    sampler = MixtureSampler(store, cfg, synthetic_stats(), seed=5)
+    sampler.refresh()
+    draws = sampler.sample_draws(4000)
+    starts = [d.start for d in draws if d.candidate.meta.episode_id in rescued]
+    # rescued="interventions" (default): the policy's steps before the takeover are never imitated; the episode
+    # weighs as a corrected failure does, intervention_weight * 5/20 = 0.75, against an autonomous success's 2.0
+    assert starts and min(starts) >= 15
+    assert _within(len(starts), len(draws), 4 * 0.75 / (4 * 0.75 + 4 * 2.0))
+    assert {d.candidate.meta.episode_id for d in draws} == set(alone) | set(rescued)
+
+    every = MixtureSampler(store, cfg.model_copy(update={"rescued": "all"}), synthetic_stats(), seed=5)
+    every.refresh()
+    starts = [d.start for d in every.sample_draws(4000) if d.candidate.meta.episode_id in rescued]
+    # every window: 15 policy starts at weight 1 against 5 supervisor starts at 3 -> half the starts before 15
+    assert _within(sum(s < 15 for s in starts), len(starts), 0.5)
+
+
+def test_a_window_that_starts_on_a_takeover_ends_at_the_hand_back(store: ReplayStore, tmp_path) -> None:
+    ep = synthetic_episode(steps=40, seed=7, success=False, interventions=0)
+    ep.intervention[10:16] = True  # the supervisor held steps 10..15, then handed back to the policy
+    ep.meta.interventions = 6
+    store.append(ep)
+    cfg = learner_config(tmp_path, holdout_fraction=0.0, mixture={"fresh": 1.0})
+    sampler = MixtureSampler(store, cfg, synthetic_stats(), seed=0)
+    sampler.refresh()
+    batch = sampler.sample(64)
+    assert batch.samples and {d.start for d in batch.draws} <= set(range(10, 16))  # a failure: takeover starts only
+    for d, sample in zip(batch.draws, batch.samples, strict=True):
+        # the factory's actions are the step index (+ dim / 100): the supervisor's steps, and none of the policy's
+        assert sample.actions[:, 0].tolist() == list(range(d.start, 16)), d.start
+
+
+def test_rehearsal_sources_feed_the_rehearsal_pool(store: ReplayStore, tmp_path) -> None:
+    _add(store, 6, 0)  # fleet
+    demos = _add(store, 3, 50, source="demo")
+    cfg = learner_config(tmp_path, holdout_fraction=0.0, fleet_sources=["fleet"], rehearsal_sources=["demo"],
+                         mixture={"fresh": 0.75, "rehearsal": 0.25})
+    sampler = MixtureSampler(store, cfg, synthetic_stats(), seed=2)
+    sampler.refresh()
+    assert sampler.pool_sizes() == {"fresh": 6, "history": 0, "rehearsal": 3}
+    draws = sampler.sample_draws(2000)
+    assert {d.candidate.meta.episode_id for d in draws if d.pool == "rehearsal"} == set(demos)
+    assert _within(sum(d.pool == "rehearsal" for d in draws), len(draws), 0.25)
+    with pytest.raises(ValueError, match="must not share"):
+        learner_config(tmp_path, fleet_sources=["fleet", "demo"], rehearsal_sources=["demo"])
+
+
 def test_held_out_episodes_never_train_and_form_the_eval_set(store: ReplayStore, tmp_path) -> None:
     ids = _add(store, 40, 0)
     cfg = learner_config(tmp_path, holdout_fraction=0.25)
