@@ -146,7 +146,8 @@ def demo(
     h = summary["heldout"]
     console.print(f"held-out success: v{h['first_version']} {h['first']['fleet']:.0%} -> "
                   f"v{h['last_version']} {h['last']['fleet']:.0%}; promoted {summary['promoted']}, rolled back "
-                  f"{summary['rolled_back']}; episodes lost: {summary['episodes']['lost']}")
+                  f"{summary['rolled_back']}, held back in simulation {summary['held_back']}; "
+                  f"episodes lost: {summary['episodes']['lost']}")
     if json_path:
         console.print(f"summary: {json_path}")
 

@@ -93,7 +93,8 @@ class RolloutConfig(Section):
     promote_probability: float = 0.8  # P(canary >= champion - margin) needed to promote (beta_binomial)
     margin: float = 0.05  # tolerated drop in success rate
     alpha: float = 0.05  # significance for one_sided_z rollback
-    canary_timeout_s: float = 180.0  # a newer version supersedes a pending canary only after this long
+    canary_timeout_s: float = 180.0  # a canary still undecided after this long is rolled back (not shown to be
+    # as good: the champion keeps the fleet) and the next version may take the cohort
     judge: list[Literal["autonomous", "success"]] = Field(default_factory=lambda: ["autonomous", "success"],
                                                            min_length=1)
     # outcomes the gate compares, each must be not worse: autonomous = success with no supervisor step, success =

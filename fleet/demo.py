@@ -1,13 +1,15 @@
 """`fleet demo`: a small simulated mixed fleet that improves its own policy while you watch.
 
-1. seed    scripted experts record demonstrations on every robot (source "demo": the rehearsal pool);
+1. seed    scripted experts record demonstrations on every robot (source "demo": the learner's rehearsal pool);
 2. warm    a tiny MolmoAct2 is fit to them for a few steps and published as v1, the first champion;
 3. fleet   Franka, bimanual YAM and SO-101 actors run v1 on Ray; the scripted supervisor takes over when a robot
-           stalls (interventions); the learner fine-tunes on the fleet's fresh episodes mixed with rehearsal and
-           publishes versions; each goes to a canary cohort and is promoted or rolled back. Midway the demo
-           injects a corrupted version (every actor must reject it) and a degraded one (the gate must roll it
-           back, or a newer version supersedes it when the gate cannot decide in canary_timeout_s; it must never
-           become champion), so both safety paths run in front of you;
+           stalls (interventions); the learner fine-tunes on the fleet's fresh episodes (their interventions and
+           autonomous successes) mixed with the demonstrations as rehearsal, and publishes versions with their
+           simulated held-out success; the rollout holds back those below the champion's, puts the others on a
+           canary cohort, and promotes or rolls back. Midway the demo injects a corrupted version (every actor
+           must reject it) and a degraded one (the gate must roll it back, or it times out undecided in
+           canary_timeout_s and is rolled back; it must never become champion), so both safety paths run in
+           front of you;
 4. judge   the first and the last champion are evaluated on held-out scene seeds, no supervisor, and the JSON
            summary reports success per version and per time window, versions promoted / rolled back, and
            episodes lost (sent by actors minus stored), which must be 0.
@@ -61,8 +63,14 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     cfg.rollout.min_canary_episodes = min(cfg.rollout.min_canary_episodes, 5)
     cfg.learner.publish_every_steps = min(cfg.learner.publish_every_steps, 60)
     # with one robot per embodiment and low success rates the gate often needs its 4 x min_canary_episodes
-    # fallback (~20 episodes, ~2 min): a shorter timeout lets every canary be superseded before it is judged
+    # fallback (~20 episodes, ~2 min): a shorter timeout rolls most canaries back before they are judged
     cfg.rollout.canary_timeout_s = min(cfg.rollout.canary_timeout_s, 150.0)
+    # every version's simulated held-out success (seeds apart from the final evaluation's): the rollout's screen
+    cfg.learner.sim_eval_episodes = cfg.learner.sim_eval_episodes or 8
+    # the scripted demonstrations are the prior every batch rehearses, not fleet data to specialize on
+    if "demo" in cfg.learner.fleet_sources:
+        cfg.learner.fleet_sources = [s for s in cfg.learner.fleet_sources if s != "demo"]
+        cfg.learner.rehearsal_sources = [*cfg.learner.rehearsal_sources, "demo"]
     cfg.learner.batch_size = min(cfg.learner.batch_size, 8)  # two CPU cores: more, smaller steps
     # the supervisor steps in after 1.5 s without progress: its corrections in the states the policy reaches
     # are the fleet's most useful data (a 6 s reach rarely stalls for the default 3 s)
@@ -269,7 +277,7 @@ class DemoRun:
                 statuses: dict[str, dict[str, Any]] = {}
                 with Live(console=self.console, refresh_per_second=1, transient=False) as live:
                     while (elapsed := time.monotonic() - t0) < duration:
-                        orch.tick(controller, weights)  # undecided after canary_timeout_s: a newer one supersedes
+                        orch.tick(controller, weights)  # undecided after canary_timeout_s: rolled back
                         self.maybe_inject(orch, controller, weights, elapsed, duration)
                         statuses = orch.statuses()
                         live.update(self.view(store, board, statuses, elapsed))
@@ -282,12 +290,14 @@ class DemoRun:
                        "last": self.evaluate(weights, champion) if champion != first else None}
             if heldout["last"] is None:
                 heldout["last"] = heldout["first"]
-            summary = self.summary(store, board, final, heldout, started)
+            sim = {f"v{v}": {k.removeprefix("sim/"): x for k, x in weights.manifest(v).figures.items()
+                             if k.startswith("sim/")} for v in weights.versions()}
+            summary = self.summary(store, board, final, heldout, started, {k: v for k, v in sim.items() if v})
             store.close()
         return summary
 
     def summary(self, store: ReplayStore, board: StatusBoard, final: dict[str, Any], heldout: dict[str, Any],
-                started: float) -> dict[str, Any]:
+                started: float, sim: dict[str, dict[str, float]]) -> dict[str, Any]:
         robots = {s.robot_id for s in self.cfg.actors.robots}
         sent = sum(int(v.get("episodes", 0)) for k, v in final.items() if k in robots)
         rows = [r for r in store.outcome_totals() if r["robot"] in robots]
@@ -321,7 +331,11 @@ class DemoRun:
             "versions_published": sorted({e.version for e in events if e.kind in ("canary", "promoted")}),
             "promoted": [e.version for e in events if e.kind == "promoted"],
             "rolled_back": [e.version for e in events if e.kind == "rolled_back"],
-            # the gate's verdicts per embodiment (rolled_back also lists canaries superseded by a newer version)
+            "held_back": [e.version for e in events if e.kind == "held_back"],  # below the champion in simulation
+            # simulated held-out success of every version that has it (the screen's figures, other seeds than
+            # the final evaluation's)
+            "sim_by_version": sim,
+            # the gate's verdicts per embodiment (rolled_back also lists canaries that timed out undecided)
             "decisions": [d.model_dump(include={"version", "champion", "embodiment", "decision", "canary_episodes",
                                                 "canary_successes", "champion_episodes", "champion_successes",
                                                 "statistic"})

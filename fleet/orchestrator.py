@@ -243,12 +243,13 @@ class Orchestrator:
                                  on_alias=lambda version, alias: registry.set_alias(version, alias))
 
     def tick(self, controller: RolloutController, weights: WeightStore | None) -> None:
-        """One pass of the rollout gate: canary the newest version, decide on the current canary."""
+        """One pass of the rollout gate: decide on the current canary (a verdict, or rolled back when undecided
+        after canary_timeout_s), then put the newest version on the free cohort if it passes the screen."""
+        controller.evaluate()
         if weights is not None:
             latest = weights.latest() or 0
             st = controller.state
-            pending = st.canary is not None and time.time() - st.canary_since < self.cfg.rollout.canary_timeout_s
-            if latest > max(self.last_canaried, st.champion) and latest != st.canary and not pending:
+            if st.canary is None and latest > max(self.last_canaried, st.champion):
                 self.last_canaried = latest
                 champion = weights.manifest(st.champion).figures if st.champion else {}
                 if controller.screen(latest, weights.manifest(latest).figures, champion):
@@ -256,7 +257,6 @@ class Orchestrator:
                     for spec in self.cfg.actors.robots:
                         robots.setdefault(spec.embodiment, []).append(spec.robot_id)
                     controller.start_canary(latest, robots)
-        controller.evaluate()
 
     def run(self, seconds: float | None = None, stop: threading.Event | None = None, every_s: float = 1.0) -> None:
         """`fleet up`: supervise and drive the rollout until ``seconds`` pass or ``stop`` is set."""

@@ -6,7 +6,8 @@ What is judged is ``RolloutConfig.judge``: by default both autonomous success (n
 little of the version) and success with rescues (a version that needs more rescues can still look no worse on
 autonomous success when both are rare); a canary is promoted when every judged outcome is not worse, rolled back
 when any one is worse. A canary that every canary robot refused (verification or load
-failed) is rolled back at once: it will never run, so there is nothing to wait for.
+failed) is rolled back at once: it will never run, so there is nothing to wait for. A canary still undecided
+after ``canary_timeout_s`` is rolled back too: it was not shown to be as good, and the champion is.
 
 Before the canary, the screen (``RolloutConfig.sim_screen``): a version whose simulated held-out success
 (``sim/fleet`` in its manifest, measured by the learner on seeds no robot runs) is below the champion's is held
@@ -148,6 +149,9 @@ class RolloutController:
             return [*decisions, self._finish(st, promote=False)]
         if st.verdicts and set(st.verdicts) >= set(st.canary_embodiments):
             return [*decisions, self._finish(st, promote=True)]
+        if time.time() - st.canary_since > self.cfg.canary_timeout_s:
+            st.verdicts["*"] = "timeout"
+            return [*decisions, self._finish(st, promote=False)]
         self.board.set_rollout_state(st)
         return decisions
 

@@ -54,6 +54,13 @@ def _heal_and_audit(net: Net, plan: Plan, flight: list[int], recovery: list[floa
     recovery.append(pair.call(fleet.wait_recovered, plan.recover_s, producing=[ROBOT]))
 
 
+def _record(net: Net, ledger: list[FaultRecord], fault: str, flight: list[int], recovery: list[float],
+            detail: str) -> None:
+    """The fault's row in the suite's table, after an exact audit of everything the actor sent."""
+    pair, fleet = net
+    ledger.append(FaultRecord.checked(pair.call(fleet.audit), fault, flight, recovery, detail))
+
+
 def test_partition_then_heal(net: Net, plan: Plan, ledger: list[FaultRecord]) -> None:
     pair, fleet = net
     flight: list[int] = []
@@ -67,15 +74,8 @@ def test_partition_then_heal(net: Net, plan: Plan, ledger: list[FaultRecord]) ->
         finally:
             pair.link(up=True)
         _heal_and_audit(net, plan, flight, recovery)
-    ledger.append(
-        FaultRecord.checked(
-            pair.call(fleet.audit),
-            "network partition (veth down)",
-            flight,
-            recovery,
-            f"{plan.outage_s + 1:.0f} s, actor and store in separate netns",
-        )
-    )
+    _record(net, ledger, "network partition (veth down)", flight, recovery,
+            f"{plan.outage_s + 1:.0f} s, actor and store in separate netns")
 
 
 def test_slow_link_dropping_packets(net: Net, plan: Plan, ledger: list[FaultRecord]) -> None:
@@ -96,15 +96,8 @@ def test_slow_link_dropping_packets(net: Net, plan: Plan, ledger: list[FaultReco
             pair.tc("qdisc", "del", "dev", "{dev}", "root", check=False)
         _heal_and_audit(net, plan, flight, recovery)
     assert dropped > 0, "tbf should have dropped packets"
-    ledger.append(
-        FaultRecord.checked(
-            pair.call(fleet.audit),
-            "slow lossy link (tbf 1 Mbit/s)",
-            flight,
-            recovery,
-            f"{dropped} packets dropped; netem-free shaping",
-        )
-    )
+    _record(net, ledger, "slow lossy link (tbf 1 Mbit/s)", flight, recovery,
+            f"{dropped} packets dropped; netem-free shaping")
 
 
 def test_packet_loss_and_delay(net: Net, plan: Plan, ledger: list[FaultRecord]) -> None:
@@ -121,12 +114,4 @@ def test_packet_loss_and_delay(net: Net, plan: Plan, ledger: list[FaultRecord]) 
         finally:
             pair.tc("qdisc", "del", "dev", "{dev}", "root", check=False)
         _heal_and_audit(net, plan, flight, recovery)
-    ledger.append(
-        FaultRecord.checked(
-            pair.call(fleet.audit),
-            "packet loss 10% + delay 50 ms (netem)",
-            flight,
-            recovery,
-            "both directions",
-        )
-    )
+    _record(net, ledger, "packet loss 10% + delay 50 ms (netem)", flight, recovery, "both directions")

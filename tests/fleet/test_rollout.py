@@ -170,3 +170,17 @@ def test_screen_holds_back_versions_below_the_champion_in_simulation(store: Repl
     off = RolloutController(store, board, cfg.rollout)
     assert off.screen(99, {"sim/fleet": 0.0}, {"sim/fleet": 1.0})
     assert ctl.screen(99, {}, {"sim/fleet": 1.0})  # no figure: nothing to screen by
+
+
+def test_canary_undecided_after_the_timeout_is_rolled_back(store: ReplayStore, redis_server) -> None:
+    board = StatusBoard(redis_server.client())
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=10, canary_timeout_s=0.5))
+    ctl.promote(1)
+    ctl.start_canary(2, ROBOTS)
+    _feed(store, 2, "franka", "franka-01", 1, 1, seed=0)  # too few episodes to decide
+    assert ctl.evaluate() == [] and ctl.state.canary == 2
+    time.sleep(0.6)
+    (done,) = ctl.evaluate()
+    assert (done.decision, ctl.state.canary, ctl.state.champion) == ("rollback", None, 1)
+    (event,) = [e for e in board.version_events(10) if e.kind == "rolled_back"]
+    assert event.version == 2 and "*:timeout" in event.detail
