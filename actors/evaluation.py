@@ -7,6 +7,7 @@ first ``execute_fraction`` of actions run before the next round, as the actor's 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from actors.embodiments import get_embodiment
@@ -55,9 +56,7 @@ def evaluate_fleet(client: PolicyClient, pairs: Iterable[tuple[str, str]], seeds
     where an embodiment runs several tasks), and their mean as ``fleet``."""
     pairs = list(dict.fromkeys(pairs))
     seeds = list(seeds)
-    tasks_of: dict[str, int] = {}
-    for emb, _ in pairs:
-        tasks_of[emb] = tasks_of.get(emb, 0) + 1
+    tasks_of = Counter(emb for emb, _ in pairs)
     rates = {(emb if tasks_of[emb] == 1 else f"{emb}/{task}"):
              sum(evaluate(client, emb, task, seeds, image_size)) / max(len(seeds), 1)
              for emb, task in pairs}

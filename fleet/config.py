@@ -258,6 +258,13 @@ class ActorsConfig(Section):
     seed: int = 0  # first episode seed; episode i uses seed + i
     interventions: InterventionConfig = Field(default_factory=InterventionConfig)
 
+    def robots_by_embodiment(self) -> dict[str, list[str]]:
+        """Embodiment -> its robot ids: what the rollout draws canary cohorts from."""
+        out: dict[str, list[str]] = {}
+        for spec in self.robots:
+            out.setdefault(spec.embodiment, []).append(spec.robot_id)
+        return out
+
 
 class FleetConfig(Section):
     data_dir: str = "~/.local/share/molmofleet"

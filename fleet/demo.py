@@ -201,10 +201,7 @@ class DemoRun:
                                 figures={"injected": 2.0})
         self.injected[kind] = m.version
         self.events.append(f"injected {kind} v{m.version}")
-        robots: dict[str, list[str]] = {}
-        for spec in self.cfg.actors.robots:
-            robots.setdefault(spec.embodiment, []).append(spec.robot_id)
-        controller.start_canary(m.version, robots)
+        controller.start_canary(m.version, self.cfg.actors.robots_by_embodiment())
         orch.last_canaried = m.version
 
     # ------------------------------------------------------------------------------------------ view

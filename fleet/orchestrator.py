@@ -253,10 +253,7 @@ class Orchestrator:
                 self.last_canaried = latest
                 champion = weights.manifest(st.champion).figures if st.champion else {}
                 if controller.screen(latest, weights.manifest(latest).figures, champion):
-                    robots: dict[str, list[str]] = {}
-                    for spec in self.cfg.actors.robots:
-                        robots.setdefault(spec.embodiment, []).append(spec.robot_id)
-                    controller.start_canary(latest, robots)
+                    controller.start_canary(latest, self.cfg.actors.robots_by_embodiment())
 
     def run(self, seconds: float | None = None, stop: threading.Event | None = None, every_s: float = 1.0) -> None:
         """`fleet up`: supervise and drive the rollout until ``seconds`` pass or ``stop`` is set."""

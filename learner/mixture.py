@@ -146,6 +146,14 @@ class MixtureSampler:
     def tag_of(self, embodiment: str) -> str:
         return self.norm_tags.get(embodiment, embodiment)
 
+    @property
+    def _sources(self) -> tuple[str, ...]:
+        """Every source the learner trains on (fleet pools, then rehearsal)."""
+        return tuple(dict.fromkeys((*self.cfg.fleet_sources, *self.cfg.rehearsal_sources)))
+
+    def _rehearsal(self, meta: EpisodeMeta) -> bool:
+        return meta.source in self.cfg.rehearsal_sources
+
     def _interventions_only(self, meta: EpisodeMeta) -> bool:
         """Only windows that start on a supervisor step are eligible (failures, and rescued successes)."""
         if not meta.success:
@@ -162,8 +170,7 @@ class MixtureSampler:
 
     def refresh(self, now: float | None = None) -> int:
         """Re-list the store's episodes (new ones in, evicted ones out); returns the trainable count."""
-        sources = [*self.cfg.fleet_sources, *self.cfg.rehearsal_sources]
-        ids = [i for src in dict.fromkeys(sources) for i in self.store.episode_ids(f"src:{src}")]
+        ids = [i for src in self._sources for i in self.store.episode_ids(f"src:{src}")]
         live = set(ids)
         for table in (self._known, self._held_out):
             for gone in [i for i in table if i not in live]:
@@ -184,14 +191,14 @@ class MixtureSampler:
         metas = self.store.metas(ids)
         steps = self.store.num_steps(ids)
         for i, m, n in zip(ids, metas, steps, strict=True):
-            if m is None or n is None or m.source not in (*self.cfg.fleet_sources, *self.cfg.rehearsal_sources):
+            if m is None or n is None or m.source not in self._sources:
                 continue
             tag = self.tag_of(m.embodiment)
             if tag not in self.norm_stats.metadata_by_tag:
                 self._skipped[m.embodiment] += 1  # the policy has no statistics for it: it cannot train on it
                 continue
             c = Candidate(m, tag, n, self._weight(m, n))
-            if m.source not in self.cfg.rehearsal_sources:
+            if not self._rehearsal(m):
                 self.newest_version = max(self.newest_version, m.policy_version)
             target = self._held_out if is_held_out(i, self.cfg.holdout_fraction) else self._known
             target[i] = c
@@ -205,7 +212,7 @@ class MixtureSampler:
         return sum(1 for c in self._known.values() if c.weight > 0)
 
     def _pool_of(self, c: Candidate, cutoff: float) -> str:
-        if c.meta.source in self.cfg.rehearsal_sources:
+        if self._rehearsal(c.meta):
             return "rehearsal"
         return "fresh" if c.meta.end_time >= cutoff else "history"
 
@@ -312,7 +319,7 @@ class MixtureSampler:
         if not w.images or any(len(f) == 0 for f in w.images.values()):
             raise ValueError(f"episode {w.meta.episode_id}: no camera frame at step {w.start}")
         instruction = w.meta.instruction
-        if self.cfg.failures == "keep" and w.meta.source not in self.cfg.rehearsal_sources:
+        if self.cfg.failures == "keep" and not self._rehearsal(w.meta):
             instruction += OUTCOME_SUFFIX[w.meta.success]
         actions = np.asarray(w.action[: d.horizon], dtype=np.float32)  # (<= horizon, A)
         flags = np.asarray(w.intervention[: len(actions)], dtype=bool)
@@ -335,7 +342,7 @@ class MixtureSampler:
         """Up to ``n`` deterministic windows from held-out episodes (``kind``: fleet or rehearsal)."""
         want_rehearsal = kind == "rehearsal"
         pool = sorted(
-            (c for c in self._held_out.values() if (c.meta.source in self.cfg.rehearsal_sources) == want_rehearsal),
+            (c for c in self._held_out.values() if self._rehearsal(c.meta) == want_rehearsal),
             key=lambda c: c.meta.episode_id,
         )
         if not pool:
@@ -351,8 +358,7 @@ class MixtureSampler:
         """Held-out episodes (kind: None for all, "fleet" or "rehearsal")."""
         if kind is None:
             return len(self._held_out)
-        rehearsal = self.cfg.rehearsal_sources
-        return sum((c.meta.source in rehearsal) == (kind == "rehearsal") for c in self._held_out.values())
+        return sum(self._rehearsal(c.meta) == (kind == "rehearsal") for c in self._held_out.values())
 
     # ------------------------------------------------------------------------------------------ what happened
 
