@@ -63,9 +63,9 @@ class PolicyClient(ABC):
         """Several samples at once (evaluation); clients that can batch override this."""
         return [self.infer(s) for s in samples]
 
-    def load_weights(self, weights: Mapping[str, Any] | bytes, version: int) -> None:
+    def load_weights(self, weights: Mapping[str, Any] | bytes | bytearray | memoryview, version: int) -> None:
         """Load new (trainable) tensors, a name -> tensor mapping or a `policy.checkpoint.trainable_bytes`
-        blob, and run as ``version`` from the next chunk on."""
+        blob (or a view of one in a receive buffer), and run as ``version`` from the next chunk on."""
         raise NotImplementedError(
             f"{type(self).__name__} cannot load weights; swap in another client instead"
         )
@@ -100,13 +100,13 @@ class InProcessPolicyClient(PolicyClient):
         chunks = self.policy.predict_actions(list(samples), generator=self._generator)
         return [np.asarray(c, dtype=np.float32) for c in chunks]
 
-    def load_weights(self, weights: Mapping[str, Any] | bytes, version: int) -> None:
+    def load_weights(self, weights: Mapping[str, Any] | bytes | bytearray | memoryview, version: int) -> None:
         import torch
 
-        if isinstance(weights, bytes | bytearray):  # what a weight version ships: checked against our shape
+        if isinstance(weights, bytes | bytearray | memoryview):  # a version's blob: checked against our shape
             from policy.checkpoint import load_trainable_bytes
 
-            load_trainable_bytes(self.policy, bytes(weights))
+            load_trainable_bytes(self.policy, weights)  # copied straight from the caller's buffer
             self.version = version
             return
         own = self.policy.state_dict()

@@ -2,11 +2,12 @@
 
 A background thread wakes on a weight announcement (ZeroMQ) or every poll interval (missed announcements,
 restarts, partitions), reads the rollout state from Redis, and when the robot's target version differs from
-what it runs: fetches the version in chunks, verifies sha256 and signature (a bad version, or one that does not
-load into this model, is rejected, logged, counted in the heartbeat, recorded on the status board, and never
-retried; the robot keeps running the champion meanwhile), loads it into a standby copy of the policy, and hands
-that copy to the actor, which switches between two chunks. The client it replaced is kept as the standby, so
-going back one version (a rollback) is a swap with no fetch at all.
+what it runs: fetches the version in chunks into a receive buffer it keeps, verifies sha256 and signature (a bad
+version, or one that does not load into this model, is rejected, logged, counted in the heartbeat, recorded on
+the status board, and never retried; the robot keeps running the champion meanwhile), copies it from that
+buffer into a standby copy of the policy (no intermediate tensors), and hands that copy to the actor, which
+switches between two chunks. The client it replaced is kept as the standby, so going back one version (a
+rollback) is a swap with no fetch at all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class WeightFollower:
-    def __init__(self, actor: RobotActor, weights: WeightStore, board: StatusBoard, subscriber: WeightSubscriber):
+    def __init__(
+        self, actor: RobotActor, weights: WeightStore, board: StatusBoard, subscriber: WeightSubscriber
+    ):
         self.actor = actor
         self.weights = weights
         self.board = board
@@ -34,6 +37,8 @@ class WeightFollower:
         self.swaps = 0
         self.last_error = ""
         self._standby: PolicyClient | None = None  # the client swapped out last (instant rollback)
+        # every fetched version lands here and is loaded from here: no fresh allocation (page faults) per swap
+        self._receive = bytearray()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -47,7 +52,9 @@ class WeightFollower:
         if self._thread is not None:
             self._thread.join(timeout=10)
             if self._thread.is_alive():  # stuck in a fetch or a swap: its socket is still in use, leave it
-                log.warning("%s: weight follower still busy after 10 s; not waiting for it", self.actor.robot_id)
+                log.warning(
+                    "%s: weight follower still busy after 10 s; not waiting for it", self.actor.robot_id
+                )
                 return
         self.sub.close()
         if self._standby is not None:
@@ -67,10 +74,15 @@ class WeightFollower:
         self.last_error = reason
         log.error("%s: rejected version %d: %s; still on v%d", self.actor.robot_id, version, reason, current)
         try:
-            self.board.version_event(VersionEvent(version=version, kind="rejected",
-                                                  embodiment=self.actor.embodiment.name,
-                                                  robot=self.actor.robot_id,
-                                                  detail=f"{self.actor.robot_id}: {reason}"[:500]))
+            self.board.version_event(
+                VersionEvent(
+                    version=version,
+                    kind="rejected",
+                    embodiment=self.actor.embodiment.name,
+                    robot=self.actor.robot_id,
+                    detail=f"{self.actor.robot_id}: {reason}"[:500],
+                )
+            )
         except Exception as e:  # the board is a report; the rejection itself stands without it
             log.warning("%s: could not record the rejection of v%d: %s", self.actor.robot_id, version, e)
 
@@ -80,8 +92,12 @@ class WeightFollower:
                 self.sync()
             except Exception as e:  # Redis away, store unreachable: keep running the current version, retry
                 self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("%s: weight sync failed (%s); still on v%d", self.actor.robot_id, self.last_error,
-                            self.actor.policy_version)
+                log.warning(
+                    "%s: weight sync failed (%s); still on v%d",
+                    self.actor.robot_id,
+                    self.last_error,
+                    self.actor.policy_version,
+                )
             self._wait()
 
     def _wait(self) -> None:
@@ -107,12 +123,15 @@ class WeightFollower:
         standby = self._standby if self._standby is not None and self._standby.version == target else None
         if standby is None:
             try:
-                _, payload = self.weights.fetch(target)
+                _, payload = self.weights.fetch_into(target, self._receive)
             except WeightVerificationError as e:
                 self._reject(target, str(e), current)
                 return False
-            standby = self._standby if self._standby is not None else InProcessPolicyClient(
-                copy.deepcopy(client.policy), version=current)
+            standby = (
+                self._standby
+                if self._standby is not None
+                else InProcessPolicyClient(copy.deepcopy(client.policy), version=current)
+            )
             try:
                 # checks format, architecture, names and shapes before touching a weight: on failure the
                 # standby still holds its old version intact
@@ -121,6 +140,8 @@ class WeightFollower:
                 self._standby = standby  # still its old version, whole: reusable
                 self._reject(target, f"does not load: {type(e).__name__}: {e}", current)
                 return False
+            finally:
+                del payload  # the receive buffer can grow for a bigger version only with no view on it
         released = self.actor.swap_policy(standby, target).result(timeout=60)
         self._standby = released if isinstance(released, PolicyClient) and released is not standby else None
         self.swaps += 1

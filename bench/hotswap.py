@@ -9,11 +9,14 @@ the rollout state in a real redis-server. For each payload (random float32 tenso
 
 - swap: N lightweight actors (threads; each a `WeightSubscriber` reading its target from the rollout state, as
   `WeightFollower` does, minus the robot) wait for an announcement. The clock starts; the version is published
-  (written, sha256, HMAC-signed, recorded in Redis), made champion and announced; each actor fetches it in
-  chunks, verifies sha256 and signature, loads it into its standby tensors (preallocated, the shapes it runs)
-  and swaps standby and active. The clock stops when the last actor has swapped.
+  (hashed chunk by chunk as it is written, HMAC-signed, recorded in Redis), made champion and announced; each
+  actor fetches it in chunks into the receive buffer it keeps (hashing each chunk as it arrives), verifies
+  sha256 and signature, copies it from there into its standby tensors (preallocated, the shapes it runs; the
+  fetch and the copy are `WeightFollower`'s own) and swaps standby and active. The clock stops when the last
+  actor has swapped.
 - raw: the same payload written once through the same fsspec filesystem and read back by N threads in the same
-  chunk size, into memory: moving the bytes and nothing else.
+  chunk size, each into a buffer of its own that it already touched (as an actor's receive buffer is): moving
+  the bytes and nothing else.
 - sha256 floor: (raw + hashing the payload once, then in N threads at once) / raw: what moving plus the
   verification no swap may skip would cost. On a local disk the bytes come from the page cache at memory speed
   and sha256 is slower than that copy, so this floor alone can exceed the 1.5 goal; over a network store the
@@ -63,8 +66,10 @@ def make_payloads(mb: int, count: int, seed: int) -> tuple[list[bytes], dict[str
 
 
 class LightActor:
-    """A WeightFollower without the robot: wake on an announcement (or the poll), read the target from the rollout
-    state, fetch + verify, load into the standby tensors, swap standby and active."""
+    """A WeightFollower without the robot, on the follower's own path: wake on an announcement (or the poll), read
+    the target from the rollout state, `WeightStore.fetch_into` a receive buffer it keeps (chunks hashed as they
+    arrive), `load_safetensors_into` the standby tensors straight from that buffer (the copy `load_trainable`
+    makes into a standby policy, after the same checks), swap standby and active."""
 
     def __init__(
         self, robot_id: str, weights: Any, board: Any, endpoint: str, shapes: dict, done: threading.Condition
@@ -79,10 +84,11 @@ class LightActor:
         self.sub = WeightSubscriber(endpoint, poll_s=2.0, secret=SECRET)
         self.active = {k: torch.zeros(s) for k, s in shapes.items()}  # what it "runs"
         self.standby = {k: torch.zeros(s) for k, s in shapes.items()}  # where the next version lands
+        self.receive = bytearray()  # every version is read into this one buffer, as WeightFollower does
         self.version = 0
         self.swapped_at: dict[int, float] = {}  # version -> perf_counter when it became active
         self.fetch_s: list[float] = []  # fetch + verify, per swap
-        self.load_s: list[float] = []  # safetensors parse + copy into the standby, per swap
+        self.load_s: list[float] = []  # header checks + copy into the standby, per swap
         self.error = ""
         self._done = done
         self._stop = threading.Event()
@@ -90,17 +96,16 @@ class LightActor:
         self._thread.start()
 
     def _run(self) -> None:
-        import safetensors.torch
+        from policy.checkpoint import load_safetensors_into
 
         while not self._stop.is_set():
             try:
                 target = self.board.rollout_state().target_version(self.robot_id)
                 if target != self.version:
                     t0 = time.perf_counter()
-                    _, payload = self.weights.fetch(target)
+                    _, payload = self.weights.fetch_into(target, self.receive)
                     t1 = time.perf_counter()
-                    for name, t in safetensors.torch.load(payload).items():
-                        self.standby[name].copy_(t)
+                    load_safetensors_into(self.standby, payload)
                     del payload
                     self.active, self.standby = self.standby, self.active
                     self.version = target
@@ -123,20 +128,22 @@ class LightActor:
         self.sub.close()
 
 
-def raw_move(fs: Any, path: str, payload: bytes, n: int, chunk: int) -> float:
-    """Write ``payload`` once to a new file and read it back in ``n`` threads in ``chunk``-byte pieces (what any
-    transfer from one publisher to ``n`` readers through this filesystem costs); seconds."""
+def raw_move(fs: Any, path: str, payload: bytes, buffers: list[bytearray], chunk: int) -> float:
+    """Write ``payload`` once to a new file and read it back in one thread per buffer, in ``chunk``-byte pieces,
+    into that buffer (each reader's own, already touched, as each actor's receive buffer is): what any transfer
+    from one publisher to ``len(buffers)`` readers through this filesystem costs; seconds."""
 
-    def read() -> None:
-        parts = []
+    def read(buffer: bytearray) -> None:
+        view = memoryview(buffer)
+        got = 0
         with fs.open(path, "rb") as f:
-            while c := f.read(chunk):
-                parts.append(c)
+            while n := f.readinto(view[got : got + chunk]):
+                got += n
 
     t0 = time.perf_counter()
     with fs.open(path, "wb") as f:
         f.write(payload)
-    threads = [threading.Thread(target=read) for _ in range(n)]
+    threads = [threading.Thread(target=read, args=(b,)) for b in buffers]
     for t in threads:
         t.start()
     for t in threads:
@@ -171,6 +178,7 @@ def transfer_cell(client: Any, root: Path, mb: int, n: int, repeats: int, tag: i
     actors = [
         LightActor(f"{mb}mb-{n}-{i}", weights, board, announcer.endpoint, shapes, done) for i in range(n)
     ]
+    raw_buffers = [bytearray(len(payloads[0])) for _ in range(n)]  # the raw readers' own, touched once here
     swap_s, raw_s, publish_s, hash_s = [], [], [], []
     try:
         time.sleep(0.5)  # ZeroMQ slow joiner: subscriptions reach the PUB socket
@@ -187,7 +195,9 @@ def transfer_cell(client: Any, root: Path, mb: int, n: int, repeats: int, tag: i
                 raise RuntimeError(f"actors did not swap to v{m.version}: {errors or 'timeout'}")
             took = max(a.swapped_at[m.version] for a in actors) - t0
             weights.fs.rm(weights._path(m.version, "safetensors"))  # keep the disk and page cache small
-            raw = raw_move(weights.fs, f"{weights.root}/raw{i}.bin", payload, n, weights.chunk_bytes)
+            raw = raw_move(
+                weights.fs, f"{weights.root}/raw{i}.bin", payload, raw_buffers, weights.chunk_bytes
+            )
             hashing = hash_all(payload, n)
             if i > 0:  # the first round allocates and warms up: not timed
                 swap_s.append(took)

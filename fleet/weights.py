@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
 
 import fsspec
 import redis
@@ -48,7 +47,9 @@ class Manifest(BaseModel):
     signature: str = ""  # HMAC-SHA256 over every other field
 
     def signing_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(exclude={"signature"}), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(
+            self.model_dump(exclude={"signature"}), sort_keys=True, separators=(",", ":")
+        ).encode()
 
 
 def sign(manifest: Manifest, secret: bytes) -> Manifest:
@@ -60,26 +61,37 @@ def verify_manifest(manifest: Manifest, secret: bytes) -> None:
     expected = hmac.new(secret, manifest.signing_bytes(), hashlib.sha256).hexdigest()
     # the format check first: compare_digest refuses (TypeError) non-ASCII strings
     if not _SIGNATURE.fullmatch(manifest.signature) or not hmac.compare_digest(expected, manifest.signature):
-        raise WeightVerificationError(f"version {manifest.version}: manifest signature does not verify "
-                                      "(forged, or signed with another fleet secret)")
+        raise WeightVerificationError(
+            f"version {manifest.version}: manifest signature does not verify "
+            "(forged, or signed with another fleet secret)"
+        )
 
 
 def parse_manifest(raw: bytes | str) -> Manifest:
     try:
         return Manifest.model_validate_json(raw)
     except ValidationError as e:
-        raise WeightVerificationError(f"malformed manifest: {e.errors()[0]['msg']} at "
-                                      f"{'.'.join(map(str, e.errors()[0]['loc']))}") from None
+        raise WeightVerificationError(
+            f"malformed manifest: {e.errors()[0]['msg']} at {'.'.join(map(str, e.errors()[0]['loc']))}"
+        ) from None
 
 
 class WeightStore:
     """Durable versions (fsspec) + their index in Redis."""
 
-    def __init__(self, url: str, secret: str | bytes, client: redis.Redis, prefix: str = "mf",
-                 chunk_bytes: int = 4 << 20):
+    def __init__(
+        self,
+        url: str,
+        secret: str | bytes,
+        client: redis.Redis,
+        prefix: str = "mf",
+        chunk_bytes: int = 4 << 20,
+    ):
         if not secret:
-            raise ValueError("weights: no fleet secret; set MOLMOFLEET_FLEET_SECRET or weights.secret_file "
-                             "(`fleet keys generate` makes one)")
+            raise ValueError(
+                "weights: no fleet secret; set MOLMOFLEET_FLEET_SECRET or weights.secret_file "
+                "(`fleet keys generate` makes one)"
+            )
         self.fs, self.root = fsspec.core.url_to_fs(os.path.expanduser(str(url)))
         self.fs.makedirs(self.root, exist_ok=True)
         self.secret = secret.encode() if isinstance(secret, str) else secret
@@ -90,15 +102,36 @@ class WeightStore:
     def _path(self, version: int, what: str) -> str:
         return f"{self.root}/v{version:06d}.{what}"
 
-    def publish(self, payload: bytes, parent: int | None = None, step: int = 0,
-                figures: dict[str, float] | None = None, mode: str = "expert") -> Manifest:
+    def publish(
+        self,
+        payload: bytes | bytearray | memoryview,
+        parent: int | None = None,
+        step: int = 0,
+        figures: dict[str, float] | None = None,
+        mode: str = "expert",
+    ) -> Manifest:
         version = int(self.r.incr(f"{self.p}:weights:seq"))
-        m = sign(Manifest(version=version, parent=parent, sha256=hashlib.sha256(payload).hexdigest(),
-                          size=len(payload), created=time.time(), step=step, mode=mode,
-                          figures=figures or {}), self.secret)
+        view = memoryview(payload).cast("B")
+        h = hashlib.sha256()
         tmp = self._path(version, "safetensors.tmp")
-        with self.fs.open(tmp, "wb") as f:
-            f.write(payload)
+        with self.fs.open(tmp, "wb") as f:  # one pass: each chunk is hashed while in cache, then written
+            for start in range(0, len(view), self.chunk_bytes):
+                chunk = view[start : start + self.chunk_bytes]
+                h.update(chunk)
+                f.write(chunk)
+        m = sign(
+            Manifest(
+                version=version,
+                parent=parent,
+                sha256=h.hexdigest(),
+                size=len(view),
+                created=time.time(),
+                step=step,
+                mode=mode,
+                figures=figures or {},
+            ),
+            self.secret,
+        )
         self.fs.mv(tmp, self._path(version, "safetensors"))
         with self.fs.open(self._path(version, "manifest.json"), "w") as f:
             f.write(m.model_dump_json())
@@ -126,28 +159,43 @@ class WeightStore:
         v = self.r.zrange(f"{self.p}:weights:versions", -1, -1)
         return int(v[0]) if v else None
 
-    def iter_chunks(self, version: int) -> Iterator[bytes]:
+    def fetch_into(self, version: int, buffer: bytearray) -> tuple[Manifest, memoryview]:
+        """Read a version into ``buffer`` and verify signature and sha256; returns the manifest and a view of the
+        payload at the start of ``buffer``. Raises WeightVerificationError.
+
+        An actor keeps one buffer for every version it fetches: the reads land in pages it already touched, so a
+        swap pays neither a fresh allocation nor its page faults (at 10 MB, more than reading and hashing). The
+        buffer grows to the largest version seen and never shrinks; drop the returned view before the next call
+        (a bytearray with a live view cannot grow).
+        """
+        m = self.manifest(version)
+        if len(buffer) < m.size:
+            buffer.extend(bytes(m.size - len(buffer)))
+        view = memoryview(buffer)[: m.size]
+        h = hashlib.sha256()
+        got = extra = 0
         with self.fs.open(self._path(version, "safetensors"), "rb") as f:
-            while chunk := f.read(self.chunk_bytes):
-                yield chunk
+            # each chunk is hashed as it arrives, while still in cache
+            while got < m.size and (n := f.readinto(view[got : got + self.chunk_bytes])):
+                h.update(view[got : got + n])
+                got += n
+            if got == m.size:  # one byte past the manifest's size: a swapped-in bigger file, refused unread
+                extra = len(f.read(1))
+        if extra or got != m.size or h.hexdigest() != m.sha256:
+            view.release()
+            raise WeightVerificationError(
+                f"version {version}: payload sha256/size mismatch "
+                f"({got}{'+' if extra else ''} bytes, manifest says {m.size}): "
+                "corrupt or tampered"
+            )
+        return m, view
 
     def fetch(self, version: int) -> tuple[Manifest, bytes]:
-        """Read a version in chunks and verify signature and sha256; raises WeightVerificationError."""
-        m = self.manifest(version)
-        h = hashlib.sha256()
-        parts = []
-        size = 0
-        for chunk in self.iter_chunks(version):
-            h.update(chunk)
-            parts.append(chunk)
-            size += len(chunk)
-            if size > m.size:  # a swapped-in huge file is refused without holding it all in memory
-                break
-        payload = b"".join(parts)
-        if len(payload) != m.size or h.hexdigest() != m.sha256:
-            raise WeightVerificationError(f"version {version}: payload sha256/size mismatch "
-                                          f"({len(payload)} bytes, manifest says {m.size}): corrupt or tampered")
-        return m, payload
+        """`fetch_into` a buffer of its own, as bytes: for a one-off read (an actor that swaps reuses one)."""
+        buffer = bytearray()
+        m, view = self.fetch_into(version, buffer)
+        view.release()
+        return m, bytes(buffer)
 
 
 class WeightAnnouncer:
@@ -157,8 +205,12 @@ class WeightAnnouncer:
     private one unless ``context`` is given: ZeroMQ has one ZAP handler per context).
     """
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:5556", context: zmq.Context | None = None,
-                 curve: CurveServerKeys | None = None):
+    def __init__(
+        self,
+        endpoint: str = "tcp://127.0.0.1:5556",
+        context: zmq.Context | None = None,
+        curve: CurveServerKeys | None = None,
+    ):
         self._own_ctx = curve is not None and curve.allowed_clients is not None and context is None
         self.ctx = zmq.Context() if self._own_ctx else context or zmq.Context.instance()
         self.allow_list = None
@@ -193,8 +245,14 @@ class WeightSubscriber:
     than any returned before (a replayed old announcement is dropped; rollbacks come from the rollout state).
     """
 
-    def __init__(self, endpoint: str | None, poll_s: float = 2.0, context: zmq.Context | None = None,
-                 curve: CurveClientKeys | None = None, secret: str | bytes | None = None):
+    def __init__(
+        self,
+        endpoint: str | None,
+        poll_s: float = 2.0,
+        context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
+        secret: str | bytes | None = None,
+    ):
         self.poll_s = poll_s
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.newest = 0  # highest version returned so far
@@ -221,7 +279,9 @@ class WeightSubscriber:
                 if self.secret is not None:
                     verify_manifest(m, self.secret)
                     if m.version <= self.newest:
-                        raise WeightVerificationError(f"version {m.version} announced after {self.newest}: replayed")
+                        raise WeightVerificationError(
+                            f"version {m.version} announced after {self.newest}: replayed"
+                        )
             except WeightVerificationError as e:
                 self.dropped += 1
                 log.warning("ignored announcement: %s", e)

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load, load_file, save, save_file
 
@@ -250,41 +255,133 @@ def save_trainable(path: str | Path, policy: MolmoAct2Policy, mode: str | None =
     }
 
 
-def load_trainable(policy: MolmoAct2Policy, source: str | Path | bytes) -> dict:
+# safetensors dtype names -> torch dtypes: those a policy's parameters can have
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Where one tensor lies in a safetensors blob."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # bytes from the start of the blob
+    end: int
+
+
+def _safetensors_layout(data: memoryview) -> tuple[dict, dict[str, _Stored]]:
+    """The metadata and tensor table of a safetensors blob (8-byte little-endian header length, JSON header,
+    then the data section), checked strictly: known dtypes, integer shapes and offsets, each tensor's bytes
+    matching its shape, the tensors tiling the data section exactly (no gap, overlap or trailing bytes)."""
+    if sys.byteorder != "little":  # safetensors stores little-endian values and they are copied as bytes
+        raise ValueError("loading safetensors bytes as they are needs a little-endian host")
+    if len(data) < 8 or (header_len := int.from_bytes(data[:8], "little")) > len(data) - 8:
+        raise ValueError(f"not a safetensors blob: {len(data)} bytes, too short for its header")
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not a safetensors blob: its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors blob: its header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise ValueError("not a safetensors blob: __metadata__ is not a JSON object")
+    base = 8 + header_len
+    table: dict[str, _Stored] = {}
+    for name, spec in header.items():
+        try:
+            dtype = _SAFETENSORS_DTYPES[spec["dtype"]]
+            shape = tuple(spec["shape"])
+            begin, end = spec["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"safetensors entry {name!r} is malformed or of an unsupported dtype") from None
+        if not all(type(x) is int and x >= 0 for x in (*shape, begin, end)):
+            raise ValueError(f"safetensors entry {name!r}: shape and offsets must be non-negative integers")
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"safetensors entry {name!r}: offsets {begin}..{end} do not fit shape {shape}")
+        table[name] = _Stored(dtype, shape, base + begin, base + end)
+    covered = base
+    for stored in sorted(table.values(), key=lambda t: (t.start, t.end)):  # empty tensors first
+        if stored.start != covered:
+            raise ValueError("safetensors data section has gaps or overlapping tensors")
+        covered = stored.end
+    if covered != len(data):
+        raise ValueError(f"safetensors data section ends at byte {covered}, the blob at {len(data)}")
+    return meta, table
+
+
+def _copy_stored(
+    targets: Mapping[str, torch.Tensor], table: dict[str, _Stored], data: memoryview, what: str
+) -> None:
+    """Check names, shapes and dtypes of every stored tensor against `targets`, then copy them in."""
+    unknown = sorted(n for n in table if n not in targets)
+    if unknown:
+        raise CheckpointKeyError(what, [], unknown)
+    bad = [
+        f"{n} {t.shape}/{t.dtype} vs {tuple(targets[n].shape)}/{targets[n].dtype}"
+        for n, t in table.items()
+        if t.shape != tuple(targets[n].shape) or t.dtype != targets[n].dtype
+    ]
+    if bad:
+        raise ValueError(f"{what} do not fit: " + "; ".join(bad[:10]))
+    with torch.no_grad():
+        for n, t in table.items():
+            if t.end == t.start:
+                continue
+            dst = targets[n].detach()
+            stored = np.frombuffer(data[t.start : t.end], dtype=np.uint8)  # a view of the blob, not a copy
+            if dst.device.type == "cpu" and dst.is_contiguous():
+                # one memcpy from the blob into the tensor's memory: no intermediate tensor, and not torch's
+                # copy_, whose intra-op thread pool turns a 1 ms copy into tens of ms on a busy machine
+                dst.reshape(-1).view(torch.uint8).numpy()[:] = stored
+            else:
+                dst.copy_(torch.from_numpy(stored.copy()).view(t.dtype).reshape(t.shape))
+
+
+def load_safetensors_into(
+    tensors: Mapping[str, torch.Tensor], source: bytes | bytearray | memoryview
+) -> dict:
+    """Copy a safetensors blob into existing `tensors` in place, bit-exact, with no intermediate tensors.
+    Every stored name must be one of `tensors` with its shape and dtype, checked before any tensor is touched
+    (a blob that does not fit raises and leaves them all as they were). Returns the blob's metadata."""
+    data = memoryview(source).cast("B")
+    meta, table = _safetensors_layout(data)
+    _copy_stored(tensors, table, data, "safetensors tensors")
+    return meta
+
+
+def load_trainable(policy: MolmoAct2Policy, source: str | Path | bytes | bytearray | memoryview) -> dict:
     """Copy a trainable subset (file path or bytes) into `policy` in place, bit-exact. Checks format,
     architecture hash, names, shapes and dtypes before touching any weight."""
-    data = bytes(source) if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
-    state = load(data)
-    # safetensors layout: 8-byte little-endian header length, then the JSON header holding __metadata__.
-    header_len = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    if not isinstance(source, bytes | bytearray | memoryview):
+        source = Path(source).read_bytes()
+    data = memoryview(source).cast("B")
+    meta, table = _safetensors_layout(data)
     if meta.get("format") != TRAINABLE_FORMAT:
         raise ValueError(f"not a trainable-weights blob (format {meta.get('format')!r})")
     if meta.get("architecture") != architecture_hash(policy):
         raise ValueError(
             "trainable weights were made for a different architecture (config or LoRA shape differs)"
         )
-    params = dict(policy.named_parameters())
-    unknown = sorted(n for n in state if n not in params)
-    if unknown:
-        raise CheckpointKeyError("trainable weights", [], unknown)
-    bad = [
-        f"{n} {tuple(t.shape)}/{t.dtype} vs {tuple(params[n].shape)}/{params[n].dtype}"
-        for n, t in state.items()
-        if t.shape != params[n].shape or t.dtype != params[n].dtype
-    ]
-    if bad:
-        raise ValueError("trainable weights do not fit: " + "; ".join(bad[:10]))
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
+    _copy_stored(dict(policy.named_parameters()), table, data, "trainable weights")
     return {
         "mode": meta.get("mode"),
-        "tensors": len(state),
-        "parameters": sum(t.numel() for t in state.values()),
+        "tensors": len(table),
+        "parameters": sum(math.prod(t.shape) for t in table.values()),
     }
 
 
-def load_trainable_bytes(policy: MolmoAct2Policy, data: bytes) -> dict:
-    """`load_trainable` for bytes received over the wire."""
+def load_trainable_bytes(policy: MolmoAct2Policy, data: bytes | bytearray | memoryview) -> dict:
+    """`load_trainable` for bytes received over the wire (a view into a receive buffer is not copied)."""
     return load_trainable(policy, data)

@@ -3,9 +3,10 @@
 A Franka `reach` actor runs the tiny MolmoAct2 in process in the MuJoCo sim and follows the version the rollout
 assigns it through a `WeightFollower`, over a real redis-server, the real signed `WeightStore` and ZeroMQ
 announcements on loopback. New versions go in between two chunks without missing a tick (compared with the
-same actor's own no-swap ticks); a corrupted payload and a forged manifest are refused, counted and never read
-again, while the robot runs the champion (the old version); an actor that missed the announcement converges by
-polling; a rollback swaps back to the kept standby without reading anything from the store.
+same actor's own no-swap ticks); a corrupted payload, a forged manifest and a version that does not fit the
+model (the kept standby left whole) are refused, counted and never read again, while the robot runs the
+champion; an actor that missed the announcement converges by polling; a rollback swaps back to the kept standby
+without reading anything from the store.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ class CountingStore(WeightStore):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.fetches: Counter[int] = Counter()
 
-    def fetch(self, version: int) -> tuple[Manifest, bytes]:
-        self.fetches[version] += 1
-        return super().fetch(version)
+    def fetch_into(self, version: int, buffer: bytearray) -> tuple[Manifest, memoryview]:
+        self.fetches[version] += 1  # `fetch` reads through here too
+        return super().fetch_into(version, buffer)
 
 
 def variant(payload: bytes, seed: int, scale: float = 0.02) -> bytes:
@@ -84,6 +85,17 @@ def variant(payload: bytes, seed: int, scale: float = 0.02) -> bytes:
         else v
         for k, v in st_load(payload).items()
     }
+    return st_save(tensors, metadata=meta)
+
+
+def misfit(payload: bytes) -> bytes:
+    """The same tensors and metadata with the last matrix flattened (all its bytes still there): signed and
+    intact, but not for this model."""
+    header = int.from_bytes(payload[:8], "little")
+    meta = json.loads(payload[8 : 8 + header]).get("__metadata__")
+    tensors = st_load(payload)
+    last = max(k for k, v in tensors.items() if v.dim() == 2)
+    tensors[last] = tensors[last].flatten()
     return st_save(tensors, metadata=meta)
 
 
@@ -363,16 +375,29 @@ def test_corrupted_and_forged_versions_are_refused_and_never_read_again(
     until(lambda: forged.version in follower.rejected, 10, "the forged version refused")
     assert "signature" in follower.last_error
 
+    # (f) signed and intact, but a tensor of another shape: refused at load, before a weight of the standby (the
+    # seed policy, kept for a rollback) was touched, and that standby kept
+    standby = follower._standby
+    assert isinstance(standby, InProcessPolicyClient)
+    kept = {n: p.detach().clone() for n, p in standby.policy.named_parameters()}
+    unfit = fleet.publish(misfit(variant(seed_bytes, seed=6)), parent=champion.version)
+    fleet.promote(unfit)
+    until(lambda: unfit.version in follower.rejected, 10, "the unfit version refused")
+    assert "does not load" in follower.last_error and "do not fit" in follower.last_error
+    assert follower._standby is standby and standby.version == 0
+    assert all(torch.equal(p, kept[n]) for n, p in standby.policy.named_parameters())
+
     chunks, ticks = actor.chunks, actor.clock.ticks
     time.sleep(4 * POLL_S)  # several polls with the refused version still the target
     assert actor.policy_version == champion.version and follower.swaps == 1  # the old version keeps running
     assert actor.chunks > chunks and actor.clock.ticks > ticks and actor.stats().inference_errors == 0
-    refused_reads = {v: fleet.weights.fetches[v] for v in (corrupt.version, forged.version)}
-    assert refused_reads == {corrupt.version: 1, forged.version: 1}, "a refused version was read again"
+    refused = (corrupt.version, forged.version, unfit.version)
+    refused_reads = {v: fleet.weights.fetches[v] for v in refused}
+    assert refused_reads == dict.fromkeys(refused, 1), "a refused version was read again"
     # counted where the fleet sees it: the actor's heartbeat, the status board
-    assert actor.rejected_versions == 2 and actor.heartbeat().rejected_versions == 2
-    refused = [(e.version, e.embodiment) for e in fleet.board.version_events() if e.kind == "rejected"]
-    assert refused == [(corrupt.version, "franka"), (forged.version, "franka")]
+    assert actor.rejected_versions == 3 and actor.heartbeat().rejected_versions == 3
+    events = [(e.version, e.embodiment) for e in fleet.board.version_events() if e.kind == "rejected"]
+    assert events == [(v, "franka") for v in refused]
 
     # the follower is still at work: the next good version goes in
     good = fleet.publish(variant(seed_bytes, seed=5), parent=champion.version)
@@ -380,7 +405,7 @@ def test_corrupted_and_forged_versions_are_refused_and_never_read_again(
     until(lambda: actor.policy_version == good.version, 10, "the next good version running")
     until(lambda: len(a.episodes) >= 2, 30, "two episodes")
     a.stop()
-    assert fleet.weights.fetches == Counter({v: 1 for v in (1, 2, 3, 4)})
+    assert fleet.weights.fetches == Counter({v: 1 for v in (1, 2, 3, 4, 5)})
     # no episode was ever run by a refused version
     assert set(a.recorded_versions()) <= {0, champion.version, good.version}
 
@@ -399,7 +424,9 @@ def test_an_actor_that_missed_the_announcement_converges_by_polling(
         fleet.promote(v2)
         time.sleep(0.2)
         follower = a.follow(fleet, fleet.subscriber(poll_s=POLL_S))
-        until(lambda: actor.policy_version == v2.version, 30, "v2 running after the restart")
+        until(  # the sync is noted once it returns, a moment after the actor runs v2
+            lambda: actor.policy_version == v2.version and follower.syncs, 30, "v2 running after the restart"
+        )
         assert follower.syncs[0][1], "the first sync after the restart did not swap"
     else:  # following all along, but deaf: a PUB endpoint nobody announces on, or no socket at all
         silent = WeightAnnouncer("tcp://127.0.0.1:0")
@@ -411,7 +438,11 @@ def test_an_actor_that_missed_the_announcement_converges_by_polling(
             assert follower.swaps == 0
             promoted = time.monotonic()
             fleet.promote(v2)
-            until(lambda: actor.policy_version == v2.version, 30, "v2 running after polling")
+            until(  # the sync is noted once it returns, a moment after the actor runs v2
+                lambda: actor.policy_version == v2.version and any(s for _, s in follower.syncs),
+                30,
+                "v2 running after polling",
+            )
         finally:
             silent.close()
         # noticed at the next poll: the sync that swapped began within a poll interval (plus a loaded machine's

@@ -268,6 +268,62 @@ def test_in_process_client_loads_trainable_weights_and_refuses_foreign_ones() ->
     assert client.version == 4
 
 
+def _with_header(blob: bytes, edit: Callable[[dict], None]) -> bytes:
+    """``blob`` with its safetensors header JSON changed by ``edit``, the data section kept."""
+    import json
+
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + blob[8 + n :]
+
+
+def _overlap_two_of_a_shape(header: dict) -> None:
+    """Point one tensor at another's bytes (same shape, so each entry is self-consistent): a gap is left."""
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    first, second = next(
+        (a, b) for a in entries for b in entries if a < b and entries[a]["shape"] == entries[b]["shape"]
+    )
+    entries[second]["data_offsets"] = list(entries[first]["data_offsets"])
+
+
+def test_in_process_client_loads_from_a_receive_buffer_and_refuses_malformed_blobs_untouched() -> None:
+    import torch
+
+    from policy.checkpoint import trainable_bytes
+
+    client = InProcessPolicyClient.tiny(seed=0)
+    other = InProcessPolicyClient.tiny(seed=1)
+    with torch.no_grad():
+        for p in other.policy.expert.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    blob = trainable_bytes(other.policy)
+    mine = dict(client.policy.named_parameters())
+    before = {n: p.detach().clone() for n, p in mine.items()}
+    malformed = {
+        "truncated": blob[:-1],
+        "trailing bytes": blob + b"\0",
+        "header past the end": (len(blob)).to_bytes(8, "little") + blob[8:],
+        "overlapping tensors": _with_header(blob, _overlap_two_of_a_shape),
+        "unknown dtype": _with_header(
+            blob, lambda h: next(v for k, v in h.items() if k != "__metadata__").update(dtype="F8_E9M9")
+        ),
+    }
+    for why, bad in malformed.items():
+        with pytest.raises(ValueError):
+            client.load_weights(bad, version=7)
+        assert client.version == 0, why
+        assert all(torch.equal(p, before[n]) for n, p in mine.items()), f"{why}: a weight was touched"
+    receive = bytearray(len(blob) + 100)  # a receive buffer holds the biggest version seen so far
+    receive[: len(blob)] = blob
+    with memoryview(receive)[: len(blob)] as view:
+        client.load_weights(view, version=8)
+    theirs = dict(other.policy.named_parameters())
+    assert client.version == 8
+    assert all(torch.equal(mine[n], theirs[n]) for n in other.policy.trainable_parameter_names())
+
+
 # ------------------------------------------------------------------------------------------------ scripted
 
 

@@ -176,3 +176,26 @@ def test_released_layout_reports_unknown_and_missing_keys(norm_stats, tmp_path) 
     assert err.value.unknown == ["model.transformer.blocks.2.mystery.weight"]
     assert err.value.missing == ["llm.decoder.layers.2.post_attention_layernorm.weight"]
     assert "mystery" in str(err.value) and "post_attention_layernorm" in str(err.value)
+
+
+def test_load_safetensors_into_copies_any_dtype_in_place_bit_exact() -> None:
+    import torch
+    from safetensors.torch import save
+
+    from policy.checkpoint import load_safetensors_into
+
+    g = torch.Generator().manual_seed(0)
+    source = {
+        "bf16": torch.randn(3, 5, generator=g).to(torch.bfloat16),
+        "mask": torch.rand(7, generator=g) > 0.5,
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "empty": torch.zeros(0, 4),
+        "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+    }
+    targets = {k: torch.zeros_like(v) for k, v in source.items()}
+    targets["ids"] = torch.zeros(3, 2, dtype=torch.int64).t()  # not contiguous: copied through torch instead
+    kept = {k: v for k, v in targets.items()}
+    assert load_safetensors_into(targets, save(source, metadata={"format": "x"})) == {"format": "x"}
+    assert all(targets[k] is kept[k] and torch.equal(targets[k], source[k]) for k in source)
+    with pytest.raises(ValueError, match="do not fit"):  # same bytes, another shape: refused before copying
+        load_safetensors_into({**targets, "bf16": torch.zeros(5, 3, dtype=torch.bfloat16)}, save(source))

@@ -86,20 +86,6 @@ def test_store_rejects_forged_and_replayed_versions(redis_server: EmbeddedRedis,
         store.fetch(v1.version)
 
 
-def test_oversized_payload_is_refused_without_reading_it_all(
-    redis_server: EmbeddedRedis, tmp_path: Path
-) -> None:
-    store = WeightStore(str(tmp_path / "w"), SECRET, redis_server.client(), chunk_bytes=1024)
-    m = store.publish(b"x" * 100)
-    Path(store._path(m.version, "safetensors")).write_bytes(b"x" * (8 << 20))
-    reads = []
-    real = store.iter_chunks
-    store.iter_chunks = lambda v: (reads.append(1) or c for c in real(v))  # type: ignore[method-assign]
-    with pytest.raises(WeightVerificationError, match="size mismatch"):
-        store.fetch(m.version)
-    assert len(reads) <= 2  # stopped past the manifest's size, not after 8 MB
-
-
 @pytest.mark.parametrize(
     "signature", ["", "ä" * 64, "\ud800" * 3, "AB" * 32, "0" * 63, "0" * 65, " " + "0" * 64]
 )
