@@ -2,7 +2,9 @@
 
 - `InProcessPolicyClient`: a MolmoAct2Policy in this process (the tiny model on CPU, or a checkpoint).
 - `RemotePolicyClient`: a policy server over ZeroMQ (DEALER) speaking `policy/protocol.py`, with a per-request
-  timeout and a fresh socket after every timeout (a wedged connection never outlives one request).
+  timeout and a fresh socket after every timeout (a wedged connection never outlives one request), optionally
+  as a CURVE client (fleet/curve.py keys: the same ``weights.curve_dir`` the policy server and the weight
+  announcer use).
 - `ScriptedPolicyClient`: the sim's scripted expert as a chunking policy, for demonstrations and as the seed
   policy before any training. Each chunk is the expert rolled forward ``horizon`` ticks on a copy of the
   physics state taken when the observation was, so it is an open-loop plan from that observation exactly
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
+from fleet.curve import CLIENT, CurveClientKeys, configure_client, load_client_keys
 from policy.processor import PolicySample
 from policy.protocol import InferRequest, ProtocolError, decode_response, encode_request
 
@@ -155,7 +158,11 @@ class InProcessPolicyClient(PolicyClient):
 
 
 class RemotePolicyClient(PolicyClient):
-    """A policy server at ``address`` (tcp://host:port). Not thread-safe: one inference thread uses it."""
+    """A policy server at ``address`` (tcp://host:port). Not thread-safe: one inference thread uses it.
+
+    ``curve``: connect as a CURVE client (the server must be a CURVE server with our public key on its
+    allow-list). A CURVE server ignores a client without the right keys: its requests time out.
+    """
 
     def __init__(
         self,
@@ -166,6 +173,7 @@ class RemotePolicyClient(PolicyClient):
         timeout_s: float = 2.0,
         retries: int = 1,
         context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -178,6 +186,7 @@ class RemotePolicyClient(PolicyClient):
         self.timeouts = 0
         self.reconnects = 0
         self.last_server_ms = 0.0
+        self.curve = curve
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._connect()
@@ -185,6 +194,12 @@ class RemotePolicyClient(PolicyClient):
     def _connect(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)  # a dead server must not keep unsent requests (and close()) hanging
+        # A DEALER with no connection blocks in send, and a refused CURVE handshake (key not on the server's
+        # allow-list) drops the connection for good: without a send timeout the inference thread would hang.
+        sock.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1000)))
+        if self.curve is not None:  # every fresh socket, before connect: a reconnect stays encrypted
+            k = self.curve
+            configure_client(sock, k.keypair.public, k.keypair.secret, k.server_public)
         sock.connect(self.address)
         self._sock = sock
 
@@ -203,8 +218,13 @@ class RemotePolicyClient(PolicyClient):
             raise RuntimeError("RemotePolicyClient is closed")
         for attempt in range(self.retries + 1):
             req.sent = time.time()
-            self._sock.send(encode_request(req), copy=False)
             deadline = time.monotonic() + self.timeout_s
+            try:
+                self._sock.send(encode_request(req), copy=False)
+                what = "no answer"
+            except zmq.Again:
+                # not queued within the timeout: no connection (a refused CURVE key looks the same)
+                deadline, what = 0.0, "no connection to send on"
             while (left := deadline - time.monotonic()) > 0:
                 if not self._sock.poll(left * 1000, zmq.POLLIN):
                     break
@@ -221,8 +241,9 @@ class RemotePolicyClient(PolicyClient):
                 # an answer to an earlier request: late, already given up on
             self.timeouts += 1
             log.warning(
-                "policy server %s: no answer in %.2f s (attempt %d/%d); reconnecting",
+                "policy server %s: %s (timeout %.2f s, attempt %d/%d); reconnecting",
                 self.address,
+                what,
                 self.timeout_s,
                 attempt + 1,
                 self.retries + 1,
@@ -321,8 +342,24 @@ def _tiny(spec: str, seed: int = 0, **_: Any) -> PolicyClient:
     return InProcessPolicyClient.tiny(seed=int(spec.partition(":")[2] or seed))
 
 
-def _remote(spec: str, robot_id: str, timeout_s: float = 2.0, retries: int = 1, **_: Any) -> PolicyClient:
-    return RemotePolicyClient(spec, robot_id, timeout_s=timeout_s, retries=retries)
+def curve_keys_for(curve_dir: str | Path, robot_id: str) -> CurveClientKeys:
+    """The robot's own CURVE keypair (``curve-client-<robot_id>.*``) if ``curve_dir`` holds one, else the
+    fleet's shared ``curve-client.*``; with the policy server's public key (`fleet keys generate` files)."""
+    own = f"{CLIENT}-{robot_id}"
+    name = own if (Path(curve_dir).expanduser() / f"{own}.public").exists() else CLIENT
+    return load_client_keys(curve_dir, name)
+
+
+def _remote(
+    spec: str,
+    robot_id: str,
+    timeout_s: float = 2.0,
+    retries: int = 1,
+    curve_dir: str | Path | None = None,
+    **_: Any,
+) -> PolicyClient:
+    curve = curve_keys_for(curve_dir, robot_id) if curve_dir else None
+    return RemotePolicyClient(spec, robot_id, timeout_s=timeout_s, retries=retries, curve=curve)
 
 
 def _checkpoint(spec: str, seed: int = 0, **_: Any) -> PolicyClient:
@@ -352,8 +389,12 @@ def policy_client_for(
     seed: int = 0,
     timeout_s: float = 2.0,
     retries: int = 1,
+    curve_dir: str | Path | None = None,
 ) -> PolicyClient:
-    """The client a ``--policy`` string names: scripted, tiny[:seed], tcp://host:port, or a checkpoint dir."""
+    """The client a ``--policy`` string names: scripted, tiny[:seed], tcp://host:port, or a checkpoint dir.
+
+    curve_dir: CURVE key directory (``weights.curve_dir``); a policy server is then reached as a CURVE client
+    (`curve_keys_for`). Local policies ignore it, so a scripted actor needs no key files."""
     builder = next(
         (
             b
@@ -363,5 +404,12 @@ def policy_client_for(
         _checkpoint,
     )
     return builder(
-        spec, env=env, horizon=horizon, robot_id=robot_id, seed=seed, timeout_s=timeout_s, retries=retries
+        spec,
+        env=env,
+        horizon=horizon,
+        robot_id=robot_id,
+        seed=seed,
+        timeout_s=timeout_s,
+        retries=retries,
+        curve_dir=curve_dir,
     )

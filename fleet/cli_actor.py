@@ -126,6 +126,7 @@ def run_actor(
             seed=a.seed,
             timeout_s=a.policy_timeout_s,
             retries=a.policy_retries,
+            curve_dir=cfg.weights.curve_dir,  # the fleet's keys: a CURVE policy server admits this robot
         )
         if isinstance(policy_client, InProcessPolicyClient):
             import torch

@@ -110,13 +110,17 @@ class MolmoAct2Policy(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator) -> None:
-        """Every tensor from `generator`: N(0, 0.02) linears and embeddings, unit norms, the expert's own init."""
+        """Every tensor from `generator`: N(0, 0.02) linears and embeddings, unit norms, the expert's own init;
+        the image connector's linears N(0, 1 / fan_in). At 0.02 its pooling attention and SwiGLU (a product of two
+        small projections) shrank fresh image features to ~3e-7 RMS, under the LLM's RMSNorm eps: a from-scratch
+        policy could not see its images, and its vision tower got no gradient."""
         std = 0.02
         for name, module in self.named_modules():
             if name.startswith("expert"):
                 continue
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                scale = module.in_features**-0.5 if name.startswith("connector.") else std
+                nn.init.normal_(module.weight, 0.0, scale, generator=generator)
                 if module.bias is not None:
                     module.bias.zero_()
             elif isinstance(module, nn.Embedding):

@@ -2,8 +2,8 @@
 
 - `FleetRedis`: a real redis-server with AOF and ``appendfsync always`` (an acknowledged write is on disk), that
   can be SIGKILLed and restarted on the same port, password and data directory, or paused with SIGSTOP.
-- `ActorProcess`: one `python -m fleet.cli_actor` (scripted policy, faster than real time), optionally inside a
-  network namespace; its "episode ..." lines are collected, its log goes to a file.
+- `ActorProcess`: one `python -m fleet.cli_actor` (scripted policy unless told otherwise, faster than real
+  time), optionally inside a network namespace; its "episode ..." lines are collected, its log goes to a file.
 - `SpoolWatch`: how many episodes an actor durably put into its spool, read from the kernel (inotify sees each
   ``*.episode`` rename), so "sent" is exact even for a process SIGKILLed right after a write, and never depends
   on what a dying process managed to print.
@@ -112,7 +112,8 @@ class FleetRedis:
 
 
 class ActorProcess:
-    """`python -m fleet.cli_actor` for one robot; ``netns``: run it inside that network namespace."""
+    """`python -m fleet.cli_actor` for one robot; ``netns``: run it inside that network namespace; ``policy``:
+    its ``--policy`` (e.g. tcp://host:port of a policy server)."""
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class ActorProcess:
         sets: Iterable[str] = (),
         netns: str | None = None,
         seed: int = 0,
+        policy: str = "scripted",
     ):
         self.robot = robot
         self.log_path = data / "logs" / f"{robot}.{time.monotonic_ns()}.log"
@@ -148,7 +150,7 @@ class ActorProcess:
             "--task",
             task,
             "--policy",
-            "scripted",
+            policy,
             "--episodes",
             "0",
             "--seed",
@@ -319,7 +321,12 @@ class SimFleet:
         return self.watches[robot]
 
     def start_actor(
-        self, robot: str, sets: Iterable[str] = (), netns: str | None = None, redis_url: str | None = None
+        self,
+        robot: str,
+        sets: Iterable[str] = (),
+        netns: str | None = None,
+        redis_url: str | None = None,
+        policy: str = "scripted",
     ) -> ActorProcess:
         """Start (or restart, over the same spool) the actor of ``robot``."""
         emb, task = ROBOTS[_base(robot)]
@@ -330,7 +337,16 @@ class SimFleet:
             old.close()
         seed = 1000 * len(self.printed.get(robot, ())) + 17 * len(self.actors)  # fresh seeds after a restart
         a = ActorProcess(
-            robot, emb, task, self.root, redis_url or self.redis_url, self.password, sets, netns, seed=seed
+            robot,
+            emb,
+            task,
+            self.root,
+            redis_url or self.redis_url,
+            self.password,
+            sets,
+            netns,
+            seed=seed,
+            policy=policy,
         )
         self.actors[robot] = a
         return a

@@ -147,3 +147,20 @@ def test_tiny_policy_overfits_a_handful_of_demonstrations(rng) -> None:
     assert loss < start_loss / 10
     assert out["token_ce"].item() < 0.5  # the OpenFAST targets are learnt too
     assert err < 0.12 and err < start_err / 3
+
+
+def test_a_fresh_policy_sees_its_images(tiny_policy, rng) -> None:
+    """Fresh image features on the text embeddings' scale, and the LLM's keys change with the images: at the old
+    N(0, 0.02) connector init they were ~1e-5 of it, under the RMSNorm eps, and the images were invisible."""
+    tag = next(iter(EMBODIMENTS))
+    batch = tiny_policy.processor.collate([make_sample(rng, tag)])
+    blank = {**batch, "images": torch.full_like(batch["images"], 128)}
+    with torch.no_grad():
+        feats = tiny_policy.encode_images(batch["images"], batch["image_mask"])
+        text = tiny_policy.llm.embed(batch["input_ids"])
+        assert feats.pow(2).mean().sqrt() > 0.05 * text.pow(2).mean().sqrt()
+        keys = tiny_policy.encode_prefix(batch).layer_kv()[-1][0]
+        blank_keys = tiny_policy.encode_prefix(blank).layer_kv()[-1][0]
+    text_only = ~batch["image_token_mask"][0] & batch["attention_mask"][0]  # text tokens read the images
+    change = (keys - blank_keys)[0, text_only].abs().mean() / keys[0, text_only].abs().mean()
+    assert change > 0.01
