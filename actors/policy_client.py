@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from fleet.curve import CLIENT, CurveClientKeys, configure_client, load_client_keys
+from fleet.curve import CurveClientKeys, configure_client, robot_client_keys
 from policy.processor import PolicySample
 from policy.protocol import InferRequest, ProtocolError, decode_response, encode_request
 
@@ -342,14 +342,6 @@ def _tiny(spec: str, seed: int = 0, **_: Any) -> PolicyClient:
     return InProcessPolicyClient.tiny(seed=int(spec.partition(":")[2] or seed))
 
 
-def curve_keys_for(curve_dir: str | Path, robot_id: str) -> CurveClientKeys:
-    """The robot's own CURVE keypair (``curve-client-<robot_id>.*``) if ``curve_dir`` holds one, else the
-    fleet's shared ``curve-client.*``; with the policy server's public key (`fleet keys generate` files)."""
-    own = f"{CLIENT}-{robot_id}"
-    name = own if (Path(curve_dir).expanduser() / f"{own}.public").exists() else CLIENT
-    return load_client_keys(curve_dir, name)
-
-
 def _remote(
     spec: str,
     robot_id: str,
@@ -358,7 +350,7 @@ def _remote(
     curve_dir: str | Path | None = None,
     **_: Any,
 ) -> PolicyClient:
-    curve = curve_keys_for(curve_dir, robot_id) if curve_dir else None
+    curve = robot_client_keys(curve_dir, robot_id) if curve_dir else None
     return RemotePolicyClient(spec, robot_id, timeout_s=timeout_s, retries=retries, curve=curve)
 
 
@@ -394,7 +386,7 @@ def policy_client_for(
     """The client a ``--policy`` string names: scripted, tiny[:seed], tcp://host:port, or a checkpoint dir.
 
     curve_dir: CURVE key directory (``weights.curve_dir``); a policy server is then reached as a CURVE client
-    (`curve_keys_for`). Local policies ignore it, so a scripted actor needs no key files."""
+    (`fleet.curve.robot_client_keys`). Local policies ignore it, so a scripted actor needs no key files."""
     builder = next(
         (
             b

@@ -133,6 +133,15 @@ def load_client_keys(directory: str | Path, name: str = CLIENT) -> CurveClientKe
     return CurveClientKeys(load_keypair(d, name), read_key(d / f"{SERVER}.public"))
 
 
+def robot_client_keys(directory: str | Path, robot_id: str) -> CurveClientKeys:
+    """The robot's own keypair (``curve-client-<robot_id>.*``) if ``directory`` holds one, else the fleet's shared
+    ``curve-client.*``; with the server's public key."""
+    own = f"{CLIENT}-{robot_id}"
+    return load_client_keys(
+        directory, own if (Path(directory).expanduser() / f"{own}.public").exists() else CLIENT
+    )
+
+
 def configure_server(sock: zmq.Socket, server_secret: bytes, domain: str = ZAP_DOMAIN) -> None:
     """Make ``sock`` a CURVE server (before bind). Clients are checked by a ClientAllowList on its context."""
     _require_curve()

@@ -55,6 +55,7 @@ class ActorHost:
 
     def _started(self, actor: Any) -> None:
         from actors.weight_follower import WeightFollower
+        from fleet.curve import robot_client_keys
         from fleet.weights import WeightSubscriber
 
         self.actor = actor
@@ -63,7 +64,9 @@ class ActorHost:
             client = redis.Redis.from_url(self.cfg.redis.url, password=self.cfg.redis.password(),
                                           socket_timeout=self.cfg.redis.socket_timeout_s)
             store = WeightStore(self.cfg.weights.store_url, secret, client, prefix=self.cfg.replay.prefix)
-            sub = WeightSubscriber(self.endpoint, poll_s=self.cfg.weights.poll_s)
+            curve_dir = self.cfg.weights.curve_dir  # the learner's announcer serves CURVE when it is set
+            keys = robot_client_keys(curve_dir, self.spec.robot_id) if curve_dir else None
+            sub = WeightSubscriber(self.endpoint, poll_s=self.cfg.weights.poll_s, curve=keys, secret=secret)
             self.follower = WeightFollower(actor, store, StatusBoard(client, self.cfg.replay.prefix), sub).start()
 
     def _on_episode(self, result: Any) -> None:

@@ -19,7 +19,6 @@ from actors.policy_client import (
     InProcessPolicyClient,
     PolicyTimeout,
     RemotePolicyClient,
-    curve_keys_for,
     policy_client_for,
 )
 from fleet import curve
@@ -103,9 +102,11 @@ def test_client_with_the_fleets_keys_gets_chunks_from_a_curve_server(
 def test_robot_keypair_is_preferred_over_the_shared_one(keys: Path) -> None:
     shared = curve.load_keypair(keys, curve.CLIENT).public
     own = curve.load_keypair(keys, f"{curve.CLIENT}-franka-07").public
-    assert curve_keys_for(keys, "franka-07").keypair.public == own != shared
-    assert curve_keys_for(keys, "franka-01").keypair.public == shared
-    assert curve_keys_for(keys, "franka-01").server_public == curve.read_key(keys / f"{curve.SERVER}.public")
+    assert curve.robot_client_keys(keys, "franka-07").keypair.public == own != shared
+    assert curve.robot_client_keys(keys, "franka-01").keypair.public == shared
+    assert curve.robot_client_keys(keys, "franka-01").server_public == curve.read_key(
+        keys / f"{curve.SERVER}.public"
+    )
 
 
 def _infer_in_thread(client: RemotePolicyClient, within_s: float) -> BaseException | None:
