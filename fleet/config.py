@@ -80,7 +80,7 @@ class WeightsConfig(Section):
     poll_s: float = 2.0  # actors poll Redis for the current version this often (covers missed announcements)
     chunk_mb: float = 4.0  # transfer chunk size
     curve_dir: str | None = None  # dir of curve-server.* / curve-client*.* key files (`fleet keys generate`):
-    #                               set, the announcement channel uses ZeroMQ CURVE (fleet/curve.py)
+    #                               set, the announcement and actor-to-policy-server channels use ZeroMQ CURVE
 
     def secret(self) -> str | None:
         return read_secret(self.secret_env, self.secret_file)
