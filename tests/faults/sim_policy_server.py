@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from actors.policy_client import PolicyTimeout, RemotePolicyClient
@@ -34,10 +35,18 @@ def curve_keys(where: Path) -> Path:
 
 
 class PolicyServerProcess:
-    """`fleet policy-server` serving ``checkpoint`` as ``version`` on 127.0.0.1, CURVE when ``keys`` is set."""
+    """`fleet policy-server` serving ``checkpoint`` as ``version`` on 127.0.0.1, CURVE when ``keys`` is set;
+    ``args``: more options for the command (``--config``, ``--set``)."""
 
-    def __init__(self, checkpoint: Path, logs: Path, version: int = 1, keys: Path | None = None):
-        self.checkpoint, self.version, self.keys = checkpoint, version, keys
+    def __init__(
+        self,
+        checkpoint: Path,
+        logs: Path,
+        version: int = 1,
+        keys: Path | None = None,
+        args: Sequence[str] = (),
+    ):
+        self.checkpoint, self.version, self.keys, self.args = checkpoint, version, keys, list(args)
         self.port = free_port()
         self.logs = logs
         logs.mkdir(parents=True, exist_ok=True)
@@ -56,7 +65,7 @@ class PolicyServerProcess:
         self.log = self.logs / f"policy-server.{self.starts}.log"
         cmd = [sys.executable, "-c", RUN, "--checkpoint", str(self.checkpoint), "--port", str(self.port),
                "--version", str(self.version), "--depth-mode", "none", "--torch-threads", "1",
-               *(["--curve-dir", str(self.keys)] if self.keys else [])]  # fmt: skip
+               *(["--curve-dir", str(self.keys)] if self.keys else []), *self.args]  # fmt: skip
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         return self

@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from actors.policy_client import PolicyTimeout, RemotePolicyClient
+from actors.policy_client import RemotePolicyClient
 from fleet.cli_policy_server import RolloutVersions
 from fleet.status import RolloutState
 from policy.checkpoint import save_checkpoint, trainable_bytes
@@ -23,8 +18,7 @@ from policy.modeling_molmoact2 import MolmoAct2Policy
 from policy.normalization import NormStats
 from policy.processor import PolicySample
 from policy.serving import PolicyServer, PolicyServerConfig
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.faults.sim_policy_server import PolicyServerProcess
 
 
 def tiny(seed: int = 0) -> MolmoAct2Policy:
@@ -34,45 +28,26 @@ def tiny(seed: int = 0) -> MolmoAct2Policy:
     return MolmoAct2Policy.from_config(MolmoAct2Config.tiny(finetune={"mode": "expert"}), stats, seed=seed)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_command_serves_a_checkpoint_and_stops_on_sigterm(tmp_path: Path) -> None:
     ckpt = save_checkpoint(tmp_path / "ckpt", tiny())
     (tmp_path / "fleet.yaml").write_text(f"data_dir: {tmp_path / 'data'}\n")
-    port = free_port()
-    code = "import typer; from fleet.cli_policy_server import policy_server; typer.run(policy_server)"
-    cmd = [sys.executable, "-c", code, "--config", str(tmp_path / "fleet.yaml"), "--checkpoint", str(ckpt),
-           "--port", str(port), "--version", "4", "--depth-mode", "none", "--torch-threads", "1",
-           "--set", "server.max_queue=64"]  # fmt: skip
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    client = RemotePolicyClient(f"tcp://127.0.0.1:{port}", "arm-0", timeout_s=2.0, retries=0)
+    server = PolicyServerProcess(
+        ckpt,
+        tmp_path / "logs",
+        version=4,
+        args=["--config", str(tmp_path / "fleet.yaml"), "--set", "server.max_queue=64"],
+    )
+    client = RemotePolicyClient(server.start().address, "arm-0", timeout_s=2.0, retries=0)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # torch and transformers take a while to import on a busy box
-            try:
-                assert client.ping() == 4
-                break
-            except PolicyTimeout:
-                assert proc.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "server.log"
-                ).read_text()
+        server.wait_serving(timeout_s=120)
         img = np.full((64, 64, 3), 128, np.uint8)
         chunk = client.infer(PolicySample({"main": img}, np.zeros(8, np.float32), "reach", "franka"))
         assert chunk.shape == (15, 8) and client.version == 4
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, (tmp_path / "server.log").read_text()
-        assert '"served": 1' in (tmp_path / "server.log").read_text()
+        assert server.stop(timeout_s=60) == 0, server.log_text()
+        assert '"served": 1' in server.log_text()
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        server.stop()
 
 
 class Board:
