@@ -20,7 +20,6 @@ Part of the composition root (with fleet/cli*.py and fleet/orchestrator.py).
 from __future__ import annotations
 
 import io
-import json
 import os
 import secrets
 import threading
@@ -80,11 +79,13 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
 
 def degrade(payload: bytes, scale: float = 3.0, seed: int = 0) -> bytes:
     """A plausible but bad version: the same tensors with large noise (what a diverged run might publish)."""
+    from policy.checkpoint import safetensors_layout
+
     rng = np.random.default_rng(seed)
     tensors = st_load(payload)
     # keep the header metadata (format, mode, architecture hash): without it no actor would load the version
     # and the gate would never see it run
-    meta = json.loads(payload[8 : 8 + int.from_bytes(payload[:8], "little")]).get("__metadata__")
+    meta = safetensors_layout(memoryview(payload))[0]
     return st_save({k: (v + scale * v.std() * rng.standard_normal(v.shape)).astype(v.dtype)
                     if v.dtype.kind == "f" and v.size > 1 else v for k, v in tensors.items()}, metadata=meta)
 

@@ -280,7 +280,7 @@ class _Stored:
     end: int
 
 
-def _safetensors_layout(data: memoryview) -> tuple[dict, dict[str, _Stored]]:
+def safetensors_layout(data: memoryview) -> tuple[dict, dict[str, _Stored]]:
     """The metadata and tensor table of a safetensors blob (8-byte little-endian header length, JSON header,
     then the data section), checked strictly: known dtypes, integer shapes and offsets, each tensor's bytes
     matching its shape, the tensors tiling the data section exactly (no gap, overlap or trailing bytes)."""
@@ -356,7 +356,7 @@ def load_safetensors_into(
     Every stored name must be one of `tensors` with its shape and dtype, checked before any tensor is touched
     (a blob that does not fit raises and leaves them all as they were). Returns the blob's metadata."""
     data = memoryview(source).cast("B")
-    meta, table = _safetensors_layout(data)
+    meta, table = safetensors_layout(data)
     _copy_stored(tensors, table, data, "safetensors tensors")
     return meta
 
@@ -367,7 +367,7 @@ def load_trainable(policy: MolmoAct2Policy, source: str | Path | bytes | bytearr
     if not isinstance(source, bytes | bytearray | memoryview):
         source = Path(source).read_bytes()
     data = memoryview(source).cast("B")
-    meta, table = _safetensors_layout(data)
+    meta, table = safetensors_layout(data)
     if meta.get("format") != TRAINABLE_FORMAT:
         raise ValueError(f"not a trainable-weights blob (format {meta.get('format')!r})")
     if meta.get("architecture") != architecture_hash(policy):

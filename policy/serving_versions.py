@@ -14,12 +14,11 @@ canary cohort pinned server-side); else the champion.
 from __future__ import annotations
 
 import copy
-import json
 import threading
 import time
 from dataclasses import dataclass
 
-from policy.checkpoint import load_trainable_bytes
+from policy.checkpoint import load_trainable_bytes, safetensors_layout
 from policy.modeling_molmoact2 import MolmoAct2Policy
 from policy.molmothink import MolmoThink, ThinkConfig
 
@@ -34,12 +33,7 @@ class ServedVersion:
 
 def shipped_names(blob: bytes) -> set[str]:
     """Tensor names in a safetensors blob, read from its header without loading any tensor."""
-    if len(blob) < 8:
-        raise ValueError("not a safetensors blob: shorter than its 8-byte header length")
-    n = int.from_bytes(blob[:8], "little")
-    if not 2 <= n <= len(blob) - 8:
-        raise ValueError(f"not a safetensors blob: header length {n} for {len(blob)} bytes")
-    return set(json.loads(blob[8 : 8 + n])) - {"__metadata__"}
+    return set(safetensors_layout(memoryview(blob).cast("B"))[1])
 
 
 def standby_copy(base: MolmoAct2Policy, copied: set[str]) -> MolmoAct2Policy:
