@@ -4,7 +4,8 @@ Scripted demonstrations -> warm start -> v1 champion -> a Franka, a YAM bimanual
 the learner -> versions hot-swapped into the running actors, a corrupted version (every actor refuses it), a
 degraded one (the rollout gate rolls it back, or it times out undecided and is rolled back), learner versions
 screened by their simulated held-out success -> held-out evaluation of the first and the last champion. Real
-redis-server, Ray, DeepSpeed, MuJoCo, MLflow and ZeroMQ; about nine minutes on two cores, most of it the warm start (160 steps: the least at which v1 succeeds on held-out scenes at all).
+redis-server, Ray, DeepSpeed, MuJoCo, MLflow and ZeroMQ; about nine minutes on two cores, most of it the warm
+start (160 steps: the least at which v1 succeeds on held-out scenes at all).
 """
 
 from __future__ import annotations
