@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="held-out episodes per checkpoint")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--spaces", choices=["both", "delta"], default="both",
+                    help="delta: only the delta-action curve (the demo's action space)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,9 +107,11 @@ def main() -> None:
             store = ReplayStore(client, run.cfg.replay, schemas=schemas())
             print(f"{run.seed_demonstrations(client)} demonstrations of {args.embodiment} {args.task}; held-out seeds "
                   f"{HELD_OUT_SEED}..+{args.seeds}")
-            absolute = curve(store, run.cfg, False, args, root)
+            absolute = curve(store, run.cfg, False, args, root) if args.spaces == "both" else []
             delta = curve(store, run.cfg, True, args, root)
             store.close()
+    if not absolute:
+        return
     a, d = absolute[-1][1], delta[-1][1]
     print(f"closest approach at step {args.steps[-1]}: absolute {absolute[-1][2]:.3f} m, delta {delta[-1][2]:.3f} m")
     print(f"held-out success delta / absolute at step {args.steps[-1]}: {d:.2f} / {a:.2f} = "

@@ -129,7 +129,7 @@ def demo(
     json_path: Annotated[Path | None, typer.Option("--json", help="write the summary here")] = None,
     demos: Annotated[int, typer.Option(help="scripted demonstrations per robot")] = 10,
     warm_steps: Annotated[int, typer.Option(help="warm-start training steps on the demonstrations")] = 200,
-    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per embodiment and version")] = 8,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per embodiment and version")] = 16,
     inject: Annotated[bool, typer.Option(help="inject a corrupted and a degraded version midway")] = True,
     config: ConfigOpt = None, set_: SetOpt = None,
 ) -> None:
@@ -144,8 +144,9 @@ def demo(
     if json_path:
         json_path.write_text(text)
     h = summary["heldout"]
-    console.print(f"held-out success: v{h['first_version']} {h['first']['fleet']:.0%} -> "
-                  f"v{h['last_version']} {h['last']['fleet']:.0%}; promoted {summary['promoted']}, rolled back "
+    console.print(f"held-out success: v{h['first_version']} {h['first']['fleet']:.0%} -> champion "
+                  f"v{h['last_version']} {h['last']['fleet']:.0%} (learner's last v{h['learner_version']} "
+                  f"{h['learner']['fleet']:.0%}); promoted {summary['promoted']}, rolled back "
                   f"{summary['rolled_back']}, held back in simulation {summary['held_back']}; "
                   f"episodes lost: {summary['episodes']['lost']}")
     if json_path:
