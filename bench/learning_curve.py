@@ -33,7 +33,7 @@ from actors.policy_client import InProcessPolicyClient
 from actors.sim.env import FleetSimEnv
 from fleet.cli_learner import delta_masks, embodiment_tables
 from fleet.config import ActorSpec, FleetConfig
-from fleet.demo import HELD_OUT_SEED, DemoRun
+from fleet.demo import HELD_OUT_SEED, DemoRun, demo_policy_config
 from fleet.redis_server import redis_for
 from fleet.replay import ReplayStore
 from learner.bootstrap import open_policy
@@ -63,7 +63,9 @@ def curve(store: ReplayStore, cfg: FleetConfig, delta: bool, args: argparse.Name
         "lr_llm": args.lr, "lr_vision": args.lr, "lr_expert": args.lr, "warmup_steps": 10,
         "total_steps": args.steps[-1], "log_every_steps": 10**9})
     ck = root / ("delta" if delta else "absolute")
-    policy = open_policy(store, lcfg, ck, horizons=horizons, norm_tags=norm_tags, delta_masks=delta_masks())
+    config = demo_policy_config("full") if args.action_only else None  # None: the tiny preset, depth styles on
+    policy = open_policy(store, lcfg, ck, horizons=horizons, norm_tags=norm_tags, delta_masks=delta_masks(),
+                         config=config)
     learner = Learner(store, policy, lcfg, DirectoryWeightSink(ck / "versions"), checkpoint_dir=ck,
                       norm_tags=norm_tags)
     rows = []
@@ -93,6 +95,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="held-out episodes per checkpoint")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--action-only", action="store_true",
+                    help="train without depth targets (the demo's policy: fleet.demo.demo_policy_config)")
     ap.add_argument("--spaces", choices=["both", "delta"], default="both",
                     help="delta: only the delta-action curve (the demo's action space)")
     args = ap.parse_args()

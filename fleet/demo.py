@@ -41,6 +41,7 @@ from fleet.replay import ReplayStore
 from fleet.rollout import RolloutController
 from fleet.status import StatusBoard
 from fleet.weights import WeightStore
+from policy.config import MolmoAct2Config
 
 DEMO_ROBOTS = [
     ActorSpec(robot_id="franka-01", embodiment="franka", task="reach"),
@@ -48,8 +49,16 @@ DEMO_ROBOTS = [
     ActorSpec(robot_id="so101-01", embodiment="so101", task="reach"),
 ]
 WARM_LR = 1e-3  # peak learning rate of every part in the from-scratch warm start
-FLEET_STEPS_PER_MINUTE = 50  # learner steps a minute beside three simulated actors on two cores (measured)
 HELD_OUT_SEED = 900_000  # evaluation scenes: never used for demonstrations or fleet episodes
+
+
+def demo_policy_config(finetune: str) -> MolmoAct2Config:
+    """The demo's fresh tiny MolmoAct2: trained on actions only (no MolmoThink depth targets). The demo's actors
+    infer without depth reasoning; a depth_action sample (half of those with depth, by default) gives the expert
+    the true depth codes in its context, a cue it never has on the robot, and doubles the sequence (100 depth
+    tokens): without them a training step takes half the time (bench/learning_curve.py --action-only)."""
+    return MolmoAct2Config.tiny(finetune={"mode": finetune, "lora_rank": 8, "lora_alpha": 16},
+                                depth={"output_styles": (1.0, 0.0, 0.0)})
 
 
 def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
@@ -61,8 +70,8 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     cfg.spool.dir = str(root / "spool")
     cfg.actors.robots = list(base.actors.robots) or list(DEMO_ROBOTS)
     cfg.rollout.min_canary_episodes = min(cfg.rollout.min_canary_episodes, 5)
-    # each version costs the learner its simulated screen (3 x sim_eval_episodes episodes, ~30 s on two busy
-    # cores): every 100 steps leaves it most of its time for training (every 60: half of it, measured)
+    # each version costs the learner its simulated screen (3 x sim_eval_episodes episodes, ~17 s on two busy
+    # cores): every 60 steps that was a quarter of its time, every 100 a sixth (57 vs 50 steps a minute, measured)
     cfg.learner.publish_every_steps = min(cfg.learner.publish_every_steps, 100)
     # with one robot per embodiment and low success rates the gate often needs its 4 x min_canary_episodes
     # fallback (~20 episodes, ~2 min): a shorter timeout rolls most canaries back before they are judged
@@ -106,10 +115,7 @@ class DemoRun:
         learner.finetune = "full"
         learner.lr_llm = learner.lr_vision = learner.lr_expert = WARM_LR
         learner.warmup_steps = min(learner.warmup_steps, warm_steps // 10 + 1)
-        # the cosine spans twice the steps the run is expected to reach (~50 a minute in the fleet phase on two
-        # cores), so the fleet's data is learned at about half the peak rate, not at the floor: from v1, 300 steps
-        # at 5e-4 on the fleet's episodes doubled held-out success (bench/fleet_data.py)
-        learner.total_steps = max(warm_steps, 1) + 2 * int(FLEET_STEPS_PER_MINUTE * minutes)
+        learner.total_steps = 3 * max(warm_steps, 1)
         self.minutes = minutes
         self.console = console
         self.demos_per_robot = demos_per_robot
@@ -156,7 +162,8 @@ class DemoRun:
         norm_tags, horizons, _ = embodiment_tables()
         ckpt = self.cfg.path(self.cfg.learner.checkpoint_dir)
         warm_cfg = self.cfg.learner.model_copy(update={"publish_every_steps": 10**9})  # v1 is published below
-        policy = open_policy(store, warm_cfg, ckpt, horizons=horizons, norm_tags=norm_tags, delta_masks=delta_masks())
+        policy = open_policy(store, warm_cfg, ckpt, horizons=horizons, norm_tags=norm_tags, delta_masks=delta_masks(),
+                             config=demo_policy_config(warm_cfg.finetune))
         learner = Learner(store, policy, warm_cfg, DirectoryWeightSink(ckpt / "warm-versions"), checkpoint_dir=ckpt,
                           board=StatusBoard(client, self.cfg.replay.prefix), norm_tags=norm_tags,
                           tracker=Tracker(self.cfg.mlflow, self.root), run_name="learner")

@@ -41,6 +41,7 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degrade
     cfg = FleetConfig(data_dir=str(tmp_path))
     cfg.rollout.canary_timeout_s = 45.0  # three fleet minutes: an undecided canary makes way for the next one
     cfg.learner.sim_eval_episodes = 4  # per embodiment and version: the screen's figures, at a third of the cost
+    cfg.learner.publish_every_steps = 60  # three fleet minutes: a few learner versions, not one
     os.environ[cfg.weights.secret_env] = secrets.token_hex(32)
     view = io.StringIO()
     summary = run_demo(
@@ -87,5 +88,9 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degrade
     # first beyond the noise of this few seeds (two episodes); the rise itself is not reached at this size (note)
     heldout = summary["heldout"]
     episodes = 3 * heldout["seeds"]
+    # the learner's last version (made from the fleet's data, promoted or not) ran the same held-out scenes
+    assert heldout["learner_version"] > heldout["first_version"], brief
+    assert heldout["learner_version"] not in summary["injected"].values(), brief
+    assert set(heldout["learner"]) == {"franka", "yam_bimanual", "so101", "fleet"}, brief
     assert max(heldout["first"][e] for e in ("franka", "yam_bimanual", "so101")) > 0, brief
     assert heldout["last"]["fleet"] >= heldout["first"]["fleet"] - 2 / episodes, brief
