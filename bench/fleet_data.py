@@ -5,7 +5,8 @@ train the same number of steps with the same seed, batch and rate (fresh Adam mo
 
 - ``demos``: the demonstrations only (what more training without a fleet would give);
 - ``fleet``: the demo learner's mixture: the fleet's episodes under the learner's data rules (interventions,
-  autonomous successes) with the demonstrations rehearsed in every batch.
+  autonomous successes) with the demonstrations rehearsed in every batch;
+- ``autonomous`` (``--arms``): the same without the supervisor's windows (the policy's own successes).
 
 Each arm's policy, and v1 itself, run the same held-out scene seeds (the demo's final evaluation's, never used
 for demonstrations or fleet episodes) with no supervisor. Prints success per embodiment, and last the fleet /
@@ -45,7 +46,11 @@ from learner.publish import DirectoryWeightSink
 
 def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> LearnerConfig:
     mixture = {"rehearsal": 1.0} if arm == "demos" else dict(cfg.mixture)
+    # autonomous: the fleet's episodes without the supervisor's windows (almost never drawn), i.e. the policy's
+    # own successes and the demonstrations
+    intervention_weight = 1e-3 if arm == "autonomous" else cfg.intervention_weight
     return cfg.model_copy(update={
+        "intervention_weight": intervention_weight,
         "finetune": "full", "batch_size": args.batch, "lr_llm": args.lr, "lr_vision": args.lr,
         "lr_expert": args.lr, "warmup_steps": 10, "total_steps": 10 * args.steps, "publish_every_steps": 10**9,
         "log_every_steps": 10**9, "mixture": mixture, "consumer_group": f"bench-{arm}",
@@ -90,7 +95,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--eval-seed", type=int, default=0, help="flow-noise seed of the evaluation client")
-    ap.add_argument("--arms", default="demos,fleet")
+    ap.add_argument("--arms", default="demos,fleet", help="comma-separated: demos, fleet, autonomous")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = args.demo_dir.expanduser()
