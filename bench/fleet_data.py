@@ -4,9 +4,10 @@ From the demo's first version (``<demo>/learner/base``, the warm start on the sc
 train the same number of steps with the same seed, batch and rate (fresh Adam moments for both):
 
 - ``demos``: the demonstrations only (what more training without a fleet would give);
-- ``fleet``: the demo learner's mixture: the fleet's episodes under the learner's data rules (interventions,
+- ``fleet``: the fleet's episodes under the learner's default data rules (the supervisor's windows weighted up,
   autonomous successes) with the demonstrations rehearsed in every batch;
-- ``autonomous`` (``--arms``): the same without the supervisor's windows (the policy's own successes).
+- ``autonomous`` (``--arms``): the same without the supervisor's windows (the policy's own successes): the
+  demo learner's mixture.
 
 Each arm's policy, and v1 itself, run the same held-out scene seeds (the demo's final evaluation's, never used
 for demonstrations or fleet episodes) with no supervisor. Prints success per embodiment, and last the fleet /
@@ -46,9 +47,9 @@ from learner.publish import DirectoryWeightSink
 
 def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> LearnerConfig:
     mixture = {"rehearsal": 1.0} if arm == "demos" else dict(cfg.mixture)
-    # autonomous: the fleet's episodes without the supervisor's windows (almost never drawn), i.e. the policy's
-    # own successes and the demonstrations
-    intervention_weight = 1e-3 if arm == "autonomous" else cfg.intervention_weight
+    # fleet: the learner's default data rules (the supervisor's windows weighted up); autonomous: without them
+    # (almost never drawn): the policy's own successes and the demonstrations, as the demo learner trains
+    intervention_weight = 1e-3 if arm == "autonomous" else LearnerConfig().intervention_weight
     return cfg.model_copy(update={
         "intervention_weight": intervention_weight,
         "finetune": "full", "batch_size": args.batch, "lr_llm": args.lr, "lr_vision": args.lr,
