@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repo root importable
@@ -43,6 +45,21 @@ from fleet.replay import ReplayStore
 from learner.bootstrap import open_policy
 from learner.continual import Learner
 from learner.publish import DirectoryWeightSink
+
+
+@contextmanager
+def demo_store_copy(root: Path) -> Iterator[tuple[FleetConfig, ReplayStore, Path]]:
+    """A finished demo run's config and a store on a copy of its Redis data (AOF and password, not its run
+    file), with a scratch directory beside it: a bench leaves the run as it was."""
+    cfg = demo_config(FleetConfig(data_dir=str(root)), root)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(cfg.path("redis"), Path(tmp) / "redis", ignore=shutil.ignore_patterns("server.json"))
+        with redis_for(cfg.redis, Path(tmp) / "redis", prefix=cfg.replay.prefix) as (client, _):
+            store = ReplayStore(client, cfg.replay, schemas=schemas())
+            try:
+                yield cfg, store, Path(tmp)
+            finally:
+                store.close()
 
 
 def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> LearnerConfig:
@@ -102,21 +119,15 @@ def main() -> None:
     root = args.demo_dir.expanduser()
     if not (root / "learner" / "base").is_dir():
         sys.exit(f"{root} is not a finished demo run: no learner/base checkpoint in it")
-    cfg = demo_config(FleetConfig(data_dir=str(root)), root)
     pairs = [(s.embodiment, s.task) for s in DEMO_ROBOTS]
-    os.environ.setdefault(cfg.weights.secret_env, "bench-fleet-data")
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        # a copy of the demo's store (AOF and password, not its run file): the bench leaves the run as it was
-        shutil.copytree(cfg.path("redis"), Path(tmp) / "redis", ignore=shutil.ignore_patterns("server.json"))
-        with redis_for(cfg.redis, Path(tmp) / "redis", prefix=cfg.replay.prefix) as (client, _):
-            store = ReplayStore(client, cfg.replay, schemas=schemas())
-            sources = Counter(m.source for m in store.metas(store.episode_ids()) if m is not None)
-            print(f"{root}: episodes by source {dict(sources)}; held-out seeds {HELD_OUT_SEED}..+{args.seeds} "
-                  "per embodiment")
-            for arm in ["v1", *args.arms.split(",")]:
-                results[arm] = run_arm(store, cfg, arm, Path(tmp) / arm, root, pairs, args)
-            store.close()
+    with demo_store_copy(root) as (cfg, store, tmp):
+        os.environ.setdefault(cfg.weights.secret_env, "bench-fleet-data")
+        sources = Counter(m.source for m in store.metas(store.episode_ids()) if m is not None)
+        print(f"{root}: episodes by source {dict(sources)}; held-out seeds {HELD_OUT_SEED}..+{args.seeds} "
+              "per embodiment")
+        for arm in ["v1", *args.arms.split(",")]:
+            results[arm] = run_arm(store, cfg, arm, tmp / arm, root, pairs, args)
     if "fleet" in results and "demos" in results:
         f, d = results["fleet"]["fleet"], results["demos"]["fleet"]
         print(f"held-out success, fleet data / demonstrations only, {args.steps} steps from v1: "

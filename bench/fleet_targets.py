@@ -13,9 +13,7 @@ joint-space recovery, a motion no demonstration contains).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repo root importable
@@ -23,13 +21,12 @@ if __package__ in (None, ""):  # run as a file: make the repo root importable
 
 import numpy as np
 
-from actors.embodiments import get_embodiment, schemas
+from actors.embodiments import get_embodiment
 from actors.sim.env import FleetSimEnv
 from actors.sim.kinematics import ArmIK
-from fleet.config import FleetConfig
-from fleet.demo import DEMO_ROBOTS, demo_config
+from bench.fleet_data import demo_store_copy
+from fleet.demo import DEMO_ROBOTS
 from fleet.episode import MAX_STEPS
-from fleet.redis_server import redis_for
 from fleet.replay import EpisodeRef, ReplayStore
 from policy.normalization import NormStats
 
@@ -51,15 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     root = args.demo_dir.expanduser()
     stats = NormStats.load(root / "learner" / "base" / "norm_stats.json")
-    cfg = demo_config(FleetConfig(data_dir=str(root)), root)
-    with tempfile.TemporaryDirectory() as tmp:
-        # a copy of the demo's store (AOF and password, not its run file): the bench leaves the run as it was
-        shutil.copytree(cfg.path("redis"), Path(tmp) / "redis", ignore=shutil.ignore_patterns("server.json"))
-        with redis_for(cfg.redis, Path(tmp) / "redis", prefix=cfg.replay.prefix) as (client, _):
-            store = ReplayStore(client, cfg.replay, schemas=schemas())
-            for embodiment in dict.fromkeys(s.embodiment for s in DEMO_ROBOTS):
-                report(store, stats, embodiment, args.stride)
-            store.close()
+    with demo_store_copy(root) as (_, store, _):
+        for embodiment in dict.fromkeys(s.embodiment for s in DEMO_ROBOTS):
+            report(store, stats, embodiment, args.stride)
 
 
 def report(store: ReplayStore, stats: NormStats, embodiment: str, stride: int) -> None:
