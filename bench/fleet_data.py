@@ -65,8 +65,8 @@ def demo_store_copy(root: Path) -> Iterator[tuple[FleetConfig, ReplayStore, Path
 def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> LearnerConfig:
     mixture = {"rehearsal": 1.0} if arm == "demos" else dict(cfg.mixture)
     # fleet: the learner's default data rules (the supervisor's windows weighted up); autonomous: without them
-    # (almost never drawn): the policy's own successes and the demonstrations, as the demo learner trains
-    intervention_weight = 1e-3 if arm == "autonomous" else LearnerConfig().intervention_weight
+    # (weight 0: never drawn): the policy's own successes and the demonstrations, as the demo learner trains
+    intervention_weight = 0.0 if arm == "autonomous" else LearnerConfig().intervention_weight
     return cfg.model_copy(update={
         "intervention_weight": intervention_weight,
         "finetune": "full", "batch_size": args.batch, "lr_llm": args.lr, "lr_vision": args.lr,

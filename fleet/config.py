@@ -134,7 +134,8 @@ class LearnerConfig(Section):
     # pool (imported datasets; the demo adds its scripted demonstrations: the prior every batch keeps a share of)
     fresh_window_s: float = 600  # episodes newer than this count as fresh
     success_weight: float = 2.0  # up-weight successful episodes
-    intervention_weight: float = 3.0  # up-weight windows that start on a supervisor (intervention) step
+    intervention_weight: float = 3.0  # up-weight windows that start on a supervisor (intervention) step; 0: the
+    # supervisor's takeovers are judged (rescued successes, failures) but never trained on
     failures: Literal["drop", "keep"] = "drop"  # drop: failed episodes give only their intervention windows;
     # keep: every window, with the outcome written into the instruction (see learner/mixture.py)
     rescued: Literal["interventions", "all"] = "interventions"  # a success with supervisor steps gives only its
@@ -173,8 +174,8 @@ class LearnerConfig(Section):
             problems.append("fleet_sources and rehearsal_sources must not share a source")
         if any(w < 0 for w in self.embodiment_weights.values()):
             problems.append("embodiment_weights must be >= 0")
-        if self.success_weight <= 0 or self.intervention_weight <= 0:
-            problems.append("success_weight and intervention_weight must be > 0")
+        if self.success_weight <= 0 or self.intervention_weight < 0:
+            problems.append("success_weight must be > 0 and intervention_weight >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append("min_lr_ratio must be in [0, 1]")
         if problems:

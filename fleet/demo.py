@@ -88,9 +88,9 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     # the fleet's data the demo learns from is its autonomous successes: the scripted supervisor's takeover
     # windows (most start with a joint-space return home the demonstrations never make) put the franka shoulder
     # target at the normalisation's clip 76 % of the time, and training on them lowered held-out success
-    # (bench/fleet_data: v1 0.12, with them 0.04, without them 0.21, demonstrations only 0.10); at this weight
-    # they are all but never drawn
-    cfg.learner.intervention_weight = min(cfg.learner.intervention_weight, 1e-3)
+    # (bench/fleet_data: v1 0.12, with them 0.04, without them 0.21, demonstrations only 0.10); at weight 0 none
+    # is drawn, also in the first minute, when a pool may hold nothing else
+    cfg.learner.intervention_weight = 0.0
     # the supervisor steps in after 1.5 s without progress (a 6 s reach rarely stalls for the default 3 s): its
     # rescues are recorded and judged by the gate (success with rescues), not trained on here (see above)
     cfg.actors.interventions.stall_s = min(cfg.actors.interventions.stall_s, 1.5)

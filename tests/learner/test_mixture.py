@@ -128,6 +128,23 @@ def test_rescued_successes_train_only_on_their_interventions(store: ReplayStore,
     # every window: 15 policy starts at weight 1 against 5 supervisor starts at 3 -> half the starts before 15
     assert _within(sum(s < 15 for s in starts), len(starts), 0.5)
 
+def test_intervention_weight_zero_trains_on_no_takeover_window(store: ReplayStore, tmp_path) -> None:
+    alone = _add(store, 3, 0, success=True)
+    mixed = _add(store, 2, 10, success=True, interventions=5)  # rescued: steps 15..19 by the supervisor
+    _add(store, 4, 20, success=False, interventions=5)  # corrected failures: only takeover windows to give
+    cfg = learner_config(tmp_path, holdout_fraction=0.0, mixture={"fresh": 1.0}, intervention_weight=0.0)
+    for rescued in ("interventions", "all"):
+        sampler = MixtureSampler(store, cfg.model_copy(update={"rescued": rescued}), synthetic_stats(), seed=1)
+        sampler.refresh()
+        draws = sampler.sample_draws(2000)
+        # judged, never trained on: a takeover window is never drawn, even where an episode has nothing else
+        drawn = {d.candidate.meta.episode_id for d in draws}
+        assert drawn == (set(alone) if rescued == "interventions" else set(alone) | set(mixed)), rescued
+        assert not [d for d in draws if d.candidate.meta.episode_id in mixed and d.start >= 15]
+    with pytest.raises(ValueError, match="intervention_weight"):
+        learner_config(tmp_path, intervention_weight=-1.0)
+
+
 
 def test_a_window_that_starts_on_a_takeover_ends_at_the_hand_back(store: ReplayStore, tmp_path) -> None:
     ep = synthetic_episode(steps=40, seed=7, success=False, interventions=0)
