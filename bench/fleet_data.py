@@ -6,8 +6,11 @@ train the same number of steps with the same seed, batch and rate (fresh Adam mo
 - ``demos``: the demonstrations only (what more training without a fleet would give);
 - ``fleet``: the fleet's episodes under the learner's default data rules (the supervisor's windows weighted up,
   autonomous successes) with the demonstrations rehearsed in every batch;
-- ``autonomous`` (``--arms``): the same without the supervisor's windows (the policy's own successes): the
-  demo learner's mixture.
+- ``autonomous`` (``--arms``): the same without the supervisor's windows (the policy's own successes);
+- ``balanced`` (``--arms``): autonomous, each embodiment an equal share of every pool (not in proportion to
+  its successes);
+- ``dagger`` (``--arms``): balanced, and the supervisor's takeover windows that stay in the policy's action
+  range (``takeover_support_tol``) at the default weight: the demo learner's mixture.
 
 Each arm's policy, and v1 itself, run the same held-out scene seeds (the demo's final evaluation's, never used
 for demonstrations or fleet episodes) with no supervisor. Prints success per embodiment, and last the fleet /
@@ -39,7 +42,7 @@ from actors.evaluation import evaluate_fleet
 from actors.policy_client import InProcessPolicyClient
 from fleet.cli_learner import delta_masks, embodiment_tables
 from fleet.config import FleetConfig, LearnerConfig
-from fleet.demo import DEMO_ROBOTS, HELD_OUT_SEED, demo_config
+from fleet.demo import DEMO_ROBOTS, HELD_OUT_SEED, TAKEOVER_SUPPORT_TOL, demo_config
 from fleet.redis_server import redis_for
 from fleet.replay import ReplayStore
 from learner.bootstrap import open_policy
@@ -66,9 +69,12 @@ def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> Learne
     mixture = {"rehearsal": 1.0} if arm == "demos" else dict(cfg.mixture)
     # fleet: the learner's default data rules (the supervisor's windows weighted up); autonomous: without them
     # (weight 0: never drawn): the policy's own successes and the demonstrations, as the demo learner trains
-    intervention_weight = 0.0 if arm == "autonomous" else LearnerConfig().intervention_weight
+    intervention_weight = 0.0 if arm in ("autonomous", "balanced") else LearnerConfig().intervention_weight
+    # balanced, dagger: every embodiment the same share of a pool, however few successes it has
+    embodiment_weights = {s.embodiment: 1.0 for s in DEMO_ROBOTS} if arm in ("balanced", "dagger") else {}
     return cfg.model_copy(update={
-        "intervention_weight": intervention_weight,
+        "intervention_weight": intervention_weight, "embodiment_weights": embodiment_weights,
+        "takeover_support_tol": TAKEOVER_SUPPORT_TOL if arm == "dagger" else None,
         "finetune": "full", "batch_size": args.batch, "lr_llm": args.lr, "lr_vision": args.lr,
         "lr_expert": args.lr, "warmup_steps": 10, "total_steps": 10 * args.steps, "publish_every_steps": 10**9,
         "log_every_steps": 10**9, "mixture": mixture, "consumer_group": f"bench-{arm}",
@@ -113,7 +119,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--eval-seed", type=int, default=0, help="flow-noise seed of the evaluation client")
-    ap.add_argument("--arms", default="demos,fleet", help="comma-separated: demos, fleet, autonomous")
+    ap.add_argument("--arms", default="demos,fleet", help="comma-separated: demos, fleet, autonomous, balanced, dagger")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = args.demo_dir.expanduser()

@@ -136,6 +136,9 @@ class LearnerConfig(Section):
     success_weight: float = 2.0  # up-weight successful episodes
     intervention_weight: float = 3.0  # up-weight windows that start on a supervisor (intervention) step; 0: the
     # supervisor's takeovers are judged (rescued successes, failures) but never trained on
+    takeover_support_tol: float | None = Field(None, ge=0)  # a takeover window whose action targets leave the
+    # policy's action range (the q01..q99 its normalisation was fit on) by more than this, in action units (rad,
+    # gripper 0..1), is not trained on: clipped to the range, it would teach the range's edge. None: every one
     failures: Literal["drop", "keep"] = "drop"  # drop: failed episodes give only their intervention windows;
     # keep: every window, with the outcome written into the instruction (see learner/mixture.py)
     rescued: Literal["interventions", "all"] = "interventions"  # a success with supervisor steps gives only its

@@ -52,6 +52,8 @@ WARM_LR = 1e-3  # peak learning rate of every part in the from-scratch warm star
 FLEET_STEPS_PER_MINUTE = 100  # the cosine's plan for the fleet phase (measured: ~70 a minute beside three
 # simulated actors on two cores, actions only): planning high keeps the rate above its floor to the end
 HELD_OUT_SEED = 900_000  # evaluation scenes: never used for demonstrations or fleet episodes
+TAKEOVER_SUPPORT_TOL = 0.05  # rad (gripper 0..1): takeover windows further outside the policy's action range
+# are not trained on (the scripted supervisor's joint-space returns home; ~30 % of takeover starts stay in range)
 
 
 def demo_policy_config(finetune: str) -> MolmoAct2Config:
@@ -226,6 +228,11 @@ class DemoRun:
                                 figures={"injected": 2.0})
         self.injected[kind] = m.version
         self.events.append(f"injected {kind} v{m.version}")
+        from learner.tracking import FleetRegistry
+
+        # registered as every learner version is, so the rollout's canary / rolled_back aliases land on it too
+        FleetRegistry(self.cfg.mlflow, self.root).register(m.version, weights._path(m.version, "safetensors"),
+                                                           None, {"source": f"injected-{kind}"})
         controller.start_canary(m.version, self.cfg.actors.robots_by_embodiment())
         orch.last_canaried = m.version
 

@@ -30,6 +30,13 @@ on its intervention windows, as HG-DAgger does (Sirius keeps the rest at a lower
 with that weight at 0): the policy's own steps are imitated only from episodes it succeeded in alone.
 ``rescued="all"`` keeps every window of a success.
 
+Out of range. A supervisor does not always move as the demonstrations did: a scripted one returns the arm home
+in joint space from a tilted pose, a person may jerk it free. Such a takeover window's targets can leave the
+policy's action range (the q01..q99 of the data its normalisation was fit on); the range's clip turns them into
+"push to the edge" on those joints. With ``takeover_support_tol`` set, a takeover window that leaves the range
+by more than that (action units) is never drawn, and a failure or rescue with no takeover window left is
+dropped: its other takeover windows (the supervisor's moves the policy can represent) still train.
+
 A fraction of episodes (``holdout_fraction``, by a hash of the id, so every learner agrees and a restart keeps
 the split) is never trained on: the eval-loss set is drawn from it.
 """
@@ -70,6 +77,7 @@ class Candidate:
     steps: int  # number of steps
     weight: float  # episode weight within its (pool, embodiment): outcome and interventions
     flags: np.ndarray | None = None  # (steps,) bool intervention flags, read on first draw when needed
+    usable: np.ndarray | None = None  # (steps,) bool: False at takeover starts out of the action range
 
 
 @dataclass
@@ -248,36 +256,67 @@ class MixtureSampler:
         pools = [p for p in POOLS if self.cfg.mixture.get(p, 0.0) > 0 and strata[p]]
         if not pools:
             raise LookupError("no trainable episodes in any pool with a positive mixture weight")
-        draws = []
+        draws: list[Draw] = []
         for pool in self.rng.choices(pools, weights=[self.cfg.mixture[p] for p in pools], k=n):
-            emb_w = self._embodiment_weights(strata[pool])
-            embs = [e for e, w in emb_w.items() if w > 0]
-            if not embs:
-                raise LookupError(f"pool {pool!r}: every embodiment in it has weight 0")
-            emb = self.rng.choices(embs, weights=[emb_w[e] for e in embs])[0]
-            c = strata[pool][emb].pick(self.rng)
-            draws.append(Draw(c, pool, self._start(c), self.norm_stats[c.tag].action_horizon))
+            for _ in range(100):  # a pick whose every takeover window is out of range is dropped and redrawn
+                pool_strata = strata[pool] or strata[next(p for p in pools if strata[p])]
+                emb_w = self._embodiment_weights(pool_strata)
+                embs = [e for e, w in emb_w.items() if w > 0]
+                if not embs:
+                    raise LookupError(f"pool {pool!r}: every embodiment in it has weight 0")
+                emb = self.rng.choices(embs, weights=[emb_w[e] for e in embs])[0]
+                c = pool_strata[emb].pick(self.rng)
+                start = self._start(c)
+                if start is not None:
+                    draws.append(Draw(c, pool, start, self.norm_stats[c.tag].action_horizon))
+                    break
+                c.weight = 0.0  # nothing of it trains: out of every pool from now on
+                self._changes += 1
+                strata = self._strata(time.time() if now is None else now)
+                if not any(strata[p] for p in pools):
+                    raise LookupError("no trainable episodes left in any pool with a positive mixture weight")
         return draws
 
-    def _start(self, c: Candidate) -> int:
+    def _start(self, c: Candidate) -> int | None:
+        """A start step for a window of ``c``; None when it has no trainable one (out of range takeovers)."""
         if c.meta.interventions == 0:
             return self.rng.randrange(c.steps)
         if c.flags is None:
-            c.flags = self._read_flags(c)
-        weights = np.where(c.flags, self.cfg.intervention_weight, 1.0)
+            self._read_flags(c)
+        assert c.flags is not None and c.usable is not None
+        weights = np.where(c.flags, self.cfg.intervention_weight, 1.0) * c.usable
         if self._interventions_only(c.meta):
             weights = np.where(c.flags, weights, 0.0)
         cum = np.cumsum(weights)
-        if cum[-1] <= 0:  # flags unreadable (evicted since listed): any step; its read will skip it anyway
-            return self.rng.randrange(c.steps)
+        if cum[-1] <= 0:
+            if c.usable.all():  # flags unreadable (evicted since listed): any step; its read will skip it anyway
+                return self.rng.randrange(c.steps)
+            return None
         return int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
 
-    def _read_flags(self, c: Candidate) -> np.ndarray:
-        # the whole episode's low-dim arrays, no frames (the store fetches at most one image chunk)
+    def _read_flags(self, c: Candidate) -> None:
+        """Set ``c.flags`` and ``c.usable`` from the episode's low-dim arrays (no frames)."""
         win = self.store.read_windows([EpisodeRef(c.meta.episode_id, 0)], MAX_STEPS, image_steps=0)
-        if not win:
-            return np.zeros(c.steps, dtype=bool)  # evicted: the read of its window will skip it too
-        return np.asarray(win[0].intervention, dtype=bool)
+        if not win:  # evicted: the read of its window will skip it too
+            c.flags, c.usable = np.zeros(c.steps, dtype=bool), np.ones(c.steps, dtype=bool)
+            return
+        c.flags = np.asarray(win[0].intervention, dtype=bool)
+        c.usable = self._in_range(c, win[0]) if self.cfg.takeover_support_tol is not None else np.ones_like(c.flags)
+
+    def _in_range(self, c: Candidate, w: StepWindow) -> np.ndarray:
+        """(steps,) False where a takeover window (to its hand-back, as `to_sample` cuts it) leaves the policy's
+        action range by more than ``takeover_support_tol``."""
+        assert c.flags is not None and self.cfg.takeover_support_tol is not None
+        horizon = self.norm_stats[c.tag].action_horizon
+        actions, states = np.asarray(w.action, np.float64), np.asarray(w.state, np.float64)
+        usable = np.ones(len(c.flags), dtype=bool)
+        for t in np.flatnonzero(c.flags):
+            end = min(t + horizon, len(actions))
+            back = np.flatnonzero(~c.flags[t:end])  # hand-back to the policy inside the window: cut there
+            chunk = actions[t : t + back[0] if len(back) else end]
+            excess = self.norm_stats.action_range_excess(c.tag, chunk, states[t])
+            usable[t] = excess.max() <= self.cfg.takeover_support_tol
+        return usable
 
     def sample(self, n: int, now: float | None = None) -> MixtureBatch:
         """Draw ``n`` windows, read them (one pipelined round trip) and build PolicySamples."""

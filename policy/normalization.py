@@ -186,6 +186,13 @@ class NormStats(BaseModel):
         return self._normalize(np.asarray(action, np.float64) - self._delta_offset(tag, action, state),
                                self[tag].action_stats)
 
+    def action_range_excess(self, tag: str, action: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """(T, A) real units -> (T, A) how far each value lies outside the q01..q99 range that `normalize_action`
+        clips to (0 inside), in action units: what the clip would take away from a training target."""
+        stats = self[tag].action_stats
+        x = np.asarray(action, np.float64) - self._delta_offset(tag, action, state)
+        return np.maximum(0.0, np.maximum(np.asarray(stats.q01) - x, x - np.asarray(stats.q99)))
+
     def unnormalize_action(self, tag: str, action: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
         """(T, A) or (B, T, A) in [-1, 1] -> real units (the inverse of `normalize_action`)."""
         out = self._unnormalize(action, self[tag].action_stats) + self._delta_offset(tag, action, state)

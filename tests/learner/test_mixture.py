@@ -161,6 +161,36 @@ def test_a_window_that_starts_on_a_takeover_ends_at_the_hand_back(store: ReplayS
         assert sample.actions[:, 0].tolist() == list(range(d.start, 16)), d.start
 
 
+def test_takeover_windows_out_of_the_action_range_are_not_drawn(store: ReplayStore, tmp_path) -> None:
+    mixed = synthetic_episode(steps=40, seed=11, success=False, interventions=0)
+    mixed.intervention[10:16] = mixed.intervention[25:31] = True
+    mixed.action[25:31] += 500.0  # the second takeover leaves the statistics' 0..60 range (a return home, say)
+    mixed.meta.interventions = 12
+    wild = synthetic_episode(steps=40, seed=12, success=False, interventions=0)
+    wild.intervention[5:12] = True
+    wild.action[5:12] -= 100.0
+    wild.meta.interventions = 7
+    for ep in (mixed, wild):
+        store.append(ep)
+    ids = (mixed.meta.episode_id, wild.meta.episode_id)
+    cfg = learner_config(tmp_path, holdout_fraction=0.0, mixture={"fresh": 1.0})
+    every = MixtureSampler(store, cfg, synthetic_stats(), seed=2)
+    every.refresh()
+    assert {d.candidate.meta.episode_id for d in every.sample_draws(300)} == set(ids)  # None: every one
+    ranged = MixtureSampler(store, cfg.model_copy(update={"takeover_support_tol": 0.05}), synthetic_stats(), seed=2)
+    ranged.refresh()
+    draws = ranged.sample_draws(300)
+    # the wild failure has no takeover window left: dropped, and redrawn from; the mixed one keeps its first
+    assert {d.start for d in draws} <= set(range(10, 16)) and len(draws) == 300
+    assert {d.candidate.meta.episode_id for d in draws} == {ids[0]}
+    assert ranged.trainable_count() == 1
+    # a sampler that knows only the wild failure: nothing it may draw, a clear error (not a window out of range)
+    only_wild = MixtureSampler(store, cfg.model_copy(update={"takeover_support_tol": 0.05}), synthetic_stats())
+    only_wild.add([ids[1]])
+    with pytest.raises(LookupError, match="no trainable episodes left"):
+        only_wild.sample_draws(4)
+
+
 def test_rehearsal_sources_feed_the_rehearsal_pool(store: ReplayStore, tmp_path) -> None:
     _add(store, 6, 0)  # fleet
     demos = _add(store, 3, 50, source="demo")
