@@ -1,6 +1,6 @@
 """Does the fleet's own data make the policy better? An ablation on a finished `fleet demo` run's store.
 
-From the demo's first version (``<demo>/learner/base``, the warm start on the scripted demonstrations) two arms
+From the demo's first version (``<demo>/learner/base``, the warm start on the scripted demonstrations) the arms
 train the same number of steps with the same seed, batch and rate (fresh Adam moments for both):
 
 - ``demos``: the demonstrations only (what more training without a fleet would give);
@@ -8,9 +8,9 @@ train the same number of steps with the same seed, batch and rate (fresh Adam mo
   autonomous successes) with the demonstrations rehearsed in every batch;
 - ``autonomous`` (``--arms``): the same without the supervisor's windows (the policy's own successes);
 - ``balanced`` (``--arms``): autonomous, each embodiment an equal share of every pool (not in proportion to
-  its successes);
+  its successes): the demo learner's mixture;
 - ``dagger`` (``--arms``): balanced, and the supervisor's takeover windows that stay in the policy's action
-  range (``takeover_support_tol``) at the default weight: the demo learner's mixture.
+  range (``takeover_support_tol``) at the default weight.
 
 Each arm's policy, and v1 itself, run the same held-out scene seeds (the demo's final evaluation's, never used
 for demonstrations or fleet episodes) with no supervisor. Prints success per embodiment, and last the fleet /
@@ -42,7 +42,7 @@ from actors.evaluation import evaluate_fleet
 from actors.policy_client import InProcessPolicyClient
 from fleet.cli_learner import delta_masks, embodiment_tables
 from fleet.config import FleetConfig, LearnerConfig
-from fleet.demo import DEMO_ROBOTS, HELD_OUT_SEED, TAKEOVER_SUPPORT_TOL, demo_config
+from fleet.demo import DEMO_ROBOTS, HELD_OUT_SEED, demo_config
 from fleet.redis_server import redis_for
 from fleet.replay import ReplayStore
 from learner.bootstrap import open_policy
@@ -63,6 +63,10 @@ def demo_store_copy(root: Path) -> Iterator[tuple[FleetConfig, ReplayStore, Path
                 yield cfg, store, Path(tmp)
             finally:
                 store.close()
+
+TAKEOVER_SUPPORT_TOL = 0.05  # rad (gripper 0..1): the dagger arm's takeover windows further outside the policy's
+# action range are not trained on (the scripted supervisor's joint-space returns home; on a demo's store ~30 %
+# of takeover starts stay in range, and nearly every takeover episode keeps some)
 
 
 def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> LearnerConfig:

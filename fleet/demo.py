@@ -52,8 +52,6 @@ WARM_LR = 1e-3  # peak learning rate of every part in the from-scratch warm star
 FLEET_STEPS_PER_MINUTE = 100  # the cosine's plan for the fleet phase (measured: ~70 a minute beside three
 # simulated actors on two cores, actions only): planning high keeps the rate above its floor to the end
 HELD_OUT_SEED = 900_000  # evaluation scenes: never used for demonstrations or fleet episodes
-TAKEOVER_SUPPORT_TOL = 0.05  # rad (gripper 0..1): takeover windows further outside the policy's action range
-# are not trained on (the scripted supervisor's joint-space returns home; ~30 % of takeover starts stay in range)
 
 
 def demo_policy_config(finetune: str) -> MolmoAct2Config:
@@ -93,6 +91,10 @@ def demo_config(base: FleetConfig, root: Path) -> FleetConfig:
     # (bench/fleet_data: v1 0.12, with them 0.04, without them 0.21, demonstrations only 0.10); at weight 0 none
     # is drawn, also in the first minute, when a pool may hold nothing else
     cfg.learner.intervention_weight = 0.0
+    # each robot's embodiment an equal share of the fleet's pools, not one in proportion to its successes: the
+    # YAM succeeds twice as often as the others and took most of the batches (bench/fleet_data, 600 steps from
+    # v1 on the same store: in proportion 0.19, balanced 0.23, v1 0.19; franka 0.12 -> 0.25)
+    cfg.learner.embodiment_weights = cfg.learner.embodiment_weights or {s.embodiment: 1.0 for s in cfg.actors.robots}
     # the supervisor steps in after 1.5 s without progress (a 6 s reach rarely stalls for the default 3 s): its
     # rescues are recorded and judged by the gate (success with rescues), not trained on here (see above)
     cfg.actors.interventions.stall_s = min(cfg.actors.interventions.stall_s, 1.5)
