@@ -18,8 +18,13 @@ publish) skip the screen.
 
 Tests, both configurable:
 - ``beta_binomial``: Beta(1 + s, 1 + f) posteriors; P(p_canary >= p_champion - margin) by seeded Monte Carlo;
-  promote when it reaches ``promote_probability``, roll back when it falls to ``1 - promote_probability``.
-- ``one_sided_z``: z = (p_canary - p_champion + margin) / se; roll back when z < -z_alpha, else promote.
+  promote when it reaches ``promote_probability``, roll back when it falls to ``(1 - promote_probability) / k``.
+- ``one_sided_z``: z = (p_canary - p_champion + margin) / se; roll back when z < -z_(alpha / k), else promote.
+
+k is the number of comparisons a canary faces (judged outcomes x canary embodiments): any one of them rolls it
+back, so each gets 1/k of the error budget (Bonferroni), or a version as good as the champion would be rolled
+back most of the time by the noise of one of them (six comparisons at 0.2 each: ~70 %). Promotion needs every
+comparison to pass, which needs no correction.
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ class RolloutController:
             if emb in st.verdicts or counts[self.cfg.judge[0]][emb]["canary"][1] < self.cfg.min_canary_episodes:
                 continue
             # every judged outcome must be not worse to promote; any one worse rolls back (the one reported)
-            judged = [(m, *self._decide(counts[m][emb])) for m in self.cfg.judge]
+            k = len(self.cfg.judge) * max(1, len(st.canary_embodiments))
+            judged = [(m, *self._decide(counts[m][emb], k)) for m in self.cfg.judge]
             worst = min(judged, key=lambda j: ("rollback", "wait", "promote").index(j[1]))
             metric, decision, stat = worst
             (s_c, n_c), (s_h, n_h) = counts[metric][emb]["canary"], counts[metric][emb]["champion"]
@@ -155,17 +161,18 @@ class RolloutController:
         self.board.set_rollout_state(st)
         return decisions
 
-    def _decide(self, c: dict[str, list[int]]) -> tuple[str, float]:
-        """(promote | rollback | wait, statistic) for one outcome's canary and champion counts."""
+    def _decide(self, c: dict[str, list[int]], comparisons: int = 1) -> tuple[str, float]:
+        """(promote | rollback | wait, statistic) for one outcome's canary and champion counts; ``comparisons``:
+        how many such verdicts the canary faces, any one of which rolls it back (see the module docstring)."""
         (s_c, n_c), (s_h, n_h) = c["canary"], c["champion"]
         if self.cfg.test == "beta_binomial":
             stat = prob_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
             decision = ("promote" if stat >= self.cfg.promote_probability
-                        else "rollback" if stat <= 1 - self.cfg.promote_probability
+                        else "rollback" if stat <= (1 - self.cfg.promote_probability) / comparisons
                         else "wait")
         else:
             stat = z_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
-            decision = "rollback" if stat < -norm.ppf(1 - self.cfg.alpha) else "promote"
+            decision = "rollback" if stat < -norm.ppf(1 - self.cfg.alpha / comparisons) else "promote"
         if decision == "wait" and n_c >= 4 * self.cfg.min_canary_episodes:
             decision = "promote" if stat >= 0.5 else "rollback"  # enough evidence either way: don't stall
         return decision, stat

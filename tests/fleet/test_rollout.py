@@ -65,6 +65,26 @@ def test_worse_canary_is_rolled_back(store: ReplayStore, redis_server) -> None:
     assert board.rollout_decisions()[0].canary_episodes == 10
 
 
+def test_rollback_threshold_shares_the_error_budget_among_comparisons(store: ReplayStore, redis_server) -> None:
+    """0/5 against the champion's 2/5 on one of three embodiments is weak evidence (P(not worse) ~0.15): at 0.2 a
+    canary facing six such comparisons as good as the champion would be rolled back most of the time. With the
+    budget shared (0.2 / 6) it waits for more episodes; a clear loss still rolls back at once."""
+    board = StatusBoard(redis_server.client())
+    three = {"franka": ["franka-01"], "so101": ["so101-01"], "yam_bimanual": ["yam-01"]}
+    _feed(store, 0, "franka", "franka-01", 2, 3, 0)  # the champion's record
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=5))
+    ctl.start_canary(2, three)
+    _feed(store, 2, "franka", "franka-01", 0, 5, 100)
+    d = ctl.evaluate()[0]
+    assert d.statistic < 0.2 and d.decision == "wait" and ctl.state.canary == 2, d
+    _feed(store, 0, "so101", "so101-01", 9, 1, 200)
+    _feed(store, 2, "so101", "so101-01", 0, 6, 300)
+    assert [x.decision for x in ctl.evaluate()][-1] == "rollback" and ctl.state.canary is None
+    alone = RolloutController(store, board, RolloutConfig(min_canary_episodes=5, judge=["autonomous"]))
+    # one comparison (one embodiment, one outcome): the same weak evidence is enough, as before
+    assert alone._decide({"canary": [0, 5], "champion": [2, 5]}) == ("rollback", d.statistic)
+
+
 def test_sole_robot_compares_with_champion_record(store: ReplayStore, redis_server) -> None:
     board = StatusBoard(redis_server.client())
     _feed(store, 0, "so101", "so101-01", 2, 10, 0)  # champion's earlier record on this embodiment
