@@ -64,6 +64,7 @@ def demo_store_copy(root: Path) -> Iterator[tuple[FleetConfig, ReplayStore, Path
             finally:
                 store.close()
 
+
 TAKEOVER_SUPPORT_TOL = 0.05  # rad (gripper 0..1): the dagger arm's takeover windows further outside the policy's
 # action range are not trained on (the scripted supervisor's joint-space returns home; on a demo's store ~30 %
 # of takeover starts stay in range, and nearly every takeover episode keeps some)
@@ -71,11 +72,11 @@ TAKEOVER_SUPPORT_TOL = 0.05  # rad (gripper 0..1): the dagger arm's takeover win
 
 def arm_config(cfg: LearnerConfig, arm: str, args: argparse.Namespace) -> LearnerConfig:
     mixture = {"rehearsal": 1.0} if arm == "demos" else dict(cfg.mixture)
-    # fleet: the learner's default data rules (the supervisor's windows weighted up); autonomous: without them
-    # (weight 0: never drawn): the policy's own successes and the demonstrations, as the demo learner trains
-    intervention_weight = 0.0 if arm in ("autonomous", "balanced") else LearnerConfig().intervention_weight
-    # balanced, dagger: every embodiment the same share of a pool, however few successes it has
-    embodiment_weights = {s.embodiment: 1.0 for s in DEMO_ROBOTS} if arm in ("balanced", "dagger") else {}
+    # ``cfg`` is the demo learner's (demo_config): fleet and dagger put back the learner's default weight on the
+    # supervisor's windows, fleet and autonomous the default embodiment shares (in proportion to the data)
+    default = LearnerConfig()
+    intervention_weight = cfg.intervention_weight if arm in ("autonomous", "balanced") else default.intervention_weight
+    embodiment_weights = cfg.embodiment_weights if arm in ("balanced", "dagger") else default.embodiment_weights
     return cfg.model_copy(update={
         "intervention_weight": intervention_weight, "embodiment_weights": embodiment_weights,
         "takeover_support_tol": TAKEOVER_SUPPORT_TOL if arm == "dagger" else None,

@@ -22,23 +22,12 @@ if __package__ in (None, ""):  # run as a file: make the repo root importable
 import numpy as np
 
 from actors.embodiments import get_embodiment
-from actors.sim.env import FleetSimEnv
-from actors.sim.kinematics import ArmIK
+from actors.sim.arms import ARM_MODEL_OF, ARM_MODELS
 from bench.fleet_data import demo_store_copy
 from fleet.demo import DEMO_ROBOTS
 from fleet.episode import MAX_STEPS
 from fleet.replay import EpisodeRef, ReplayStore
 from policy.normalization import NormStats
-
-
-def home_posture(embodiment: str) -> np.ndarray:
-    """(J,) the first arm's home joints, the posture the expert's recovery returns to."""
-    env = FleetSimEnv(embodiment, "reach", image_size=32, render=False)
-    try:
-        env.reset(seed=0)
-        return ArmIK(env.unwrapped.scene, 0).home.copy()
-    finally:
-        env.close()
 
 
 def main() -> None:
@@ -56,7 +45,7 @@ def main() -> None:
 def report(store: ReplayStore, stats: NormStats, embodiment: str, stride: int) -> None:
     emb = get_embodiment(embodiment)
     horizon = stats[emb.norm_tag].action_horizon
-    home = home_posture(embodiment)
+    home = np.asarray(ARM_MODELS[ARM_MODEL_OF[embodiment]].home)  # (J,) the first arm's: the expert's recovery
     clipped: dict[str, list[np.ndarray]] = {}
     toward_home = takeovers = 0
     ids = store.episode_ids(f"emb:{embodiment}")

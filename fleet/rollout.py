@@ -135,11 +135,11 @@ class RolloutController:
             return [self._finish(st, promote=False)]
         decisions = []
         counts = self._counts(st)
+        k = len(self.cfg.judge) * max(1, len(st.canary_embodiments))  # comparisons the canary faces
         for emb in sorted(counts[self.cfg.judge[0]]):
             if emb in st.verdicts or counts[self.cfg.judge[0]][emb]["canary"][1] < self.cfg.min_canary_episodes:
                 continue
             # every judged outcome must be not worse to promote; any one worse rolls back (the one reported)
-            k = len(self.cfg.judge) * max(1, len(st.canary_embodiments))
             judged = [(m, *self._decide(counts[m][emb], k)) for m in self.cfg.judge]
             worst = min(judged, key=lambda j: ("rollback", "wait", "promote").index(j[1]))
             metric, decision, stat = worst

@@ -62,6 +62,13 @@ POOLS = ("fresh", "history", "rehearsal")
 OUTCOME_SUFFIX = {True: " (outcome: success)", False: " (outcome: failure)"}  # failures="keep" only
 
 
+def until_hand_back(flags: np.ndarray) -> int:
+    """Steps of a window that starts on a supervisor step, to the hand-back to the policy (the whole window when
+    the supervisor holds it throughout): a 2 s takeover is one or two chunks long, so most such windows would
+    teach some of the policy's steps after it."""
+    return len(flags) if flags.all() else int(np.argmin(flags))
+
+
 def is_held_out(episode_id: str, fraction: float) -> bool:
     """Stable train/eval split by episode id (sha1, so it does not depend on Python's hash seed)."""
     h = int.from_bytes(hashlib.sha1(episode_id.encode()).digest()[:8], "big")
@@ -252,27 +259,29 @@ class MixtureSampler:
 
     def sample_draws(self, n: int, now: float | None = None) -> list[Draw]:
         """``n`` draws by the mixture (no data read except intervention flags of episodes that have them)."""
-        strata = self._strata(time.time() if now is None else now)
+        now = time.time() if now is None else now
+        strata = self._strata(now)
         pools = [p for p in POOLS if self.cfg.mixture.get(p, 0.0) > 0 and strata[p]]
         if not pools:
             raise LookupError("no trainable episodes in any pool with a positive mixture weight")
         draws: list[Draw] = []
         for pool in self.rng.choices(pools, weights=[self.cfg.mixture[p] for p in pools], k=n):
             for _ in range(100):  # a pick whose every takeover window is out of range is dropped and redrawn
-                pool_strata = strata[pool] or strata[next(p for p in pools if strata[p])]
-                emb_w = self._embodiment_weights(pool_strata)
+                if not strata[pool]:  # emptied by such drops: another pool stands in
+                    pool = next(p for p in pools if strata[p])
+                emb_w = self._embodiment_weights(strata[pool])
                 embs = [e for e, w in emb_w.items() if w > 0]
                 if not embs:
                     raise LookupError(f"pool {pool!r}: every embodiment in it has weight 0")
                 emb = self.rng.choices(embs, weights=[emb_w[e] for e in embs])[0]
-                c = pool_strata[emb].pick(self.rng)
+                c = strata[pool][emb].pick(self.rng)
                 start = self._start(c)
                 if start is not None:
                     draws.append(Draw(c, pool, start, self.norm_stats[c.tag].action_horizon))
                     break
                 c.weight = 0.0  # nothing of it trains: out of every pool from now on
                 self._changes += 1
-                strata = self._strata(time.time() if now is None else now)
+                strata = self._strata(now)
                 if not any(strata[p] for p in pools):
                     raise LookupError("no trainable episodes left in any pool with a positive mixture weight")
         return draws
@@ -311,9 +320,7 @@ class MixtureSampler:
         actions, states = np.asarray(w.action, np.float64), np.asarray(w.state, np.float64)
         usable = np.ones(len(c.flags), dtype=bool)
         for t in np.flatnonzero(c.flags):
-            end = min(t + horizon, len(actions))
-            back = np.flatnonzero(~c.flags[t:end])  # hand-back to the policy inside the window: cut there
-            chunk = actions[t : t + back[0] if len(back) else end]
+            chunk = actions[t : t + until_hand_back(c.flags[t : t + horizon])]
             excess = self.norm_stats.action_range_excess(c.tag, chunk, states[t])
             usable[t] = excess.max() <= self.cfg.takeover_support_tol
         return usable
@@ -362,10 +369,8 @@ class MixtureSampler:
             instruction += OUTCOME_SUFFIX[w.meta.success]
         actions = np.asarray(w.action[: d.horizon], dtype=np.float32)  # (<= horizon, A)
         flags = np.asarray(w.intervention[: len(actions)], dtype=bool)
-        if len(flags) and flags[0] and not flags.all():
-            # a window that starts on a supervisor step ends at the hand-back: the steps after it are the policy
-            # again (a 2 s takeover is one or two chunks long, so most such windows would teach some of them)
-            actions = actions[: int(np.argmin(flags))]
+        if len(flags) and flags[0]:
+            actions = actions[: until_hand_back(flags)]  # the steps after the hand-back are the policy again
         return PolicySample(
             images={cam: frames[0] for cam, frames in w.images.items()},  # stored order: main camera first
             state=np.asarray(w.state[0], dtype=np.float32),
