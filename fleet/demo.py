@@ -114,6 +114,16 @@ def degrade(payload: bytes, scale: float = 3.0, seed: int = 0) -> bytes:
                     if v.dtype.kind == "f" and v.size > 1 else v for k, v in tensors.items()}, metadata=meta)
 
 
+def injection_due(kind: str, elapsed: float, duration: float, canary_pending: bool, canary_timeout_s: float) -> bool:
+    """Whether the demo's ``kind`` (corrupted | degraded) version goes on the canary cohort now: the corrupted
+    one from 25 % of the run, the degraded one from 50 %; each waits for a pending canary's verdict until its
+    latest start: 50 % for the corrupted one (refused within seconds), and for the degraded one the last moment
+    that leaves it 1.25 x canary_timeout_s to be judged (rolled back at the latest by the timeout)."""
+    start, latest = ((0.25 * duration, 0.5 * duration) if kind == "corrupted"
+                     else (0.5 * duration, duration - 1.25 * canary_timeout_s))
+    return elapsed >= start and (not canary_pending or elapsed >= latest)
+
+
 class DemoRun:
     def __init__(self, base: FleetConfig, minutes: float, console: Console, demos_per_robot: int = 10,
                  warm_steps: int = 120, eval_episodes: int = 8, inject: bool = True):
@@ -209,15 +219,15 @@ class DemoRun:
     def maybe_inject(self, orch: Orchestrator, controller: RolloutController, weights: WeightStore, elapsed: float,
                      duration: float) -> None:
         """Corrupted from 25% of the run (every actor must reject it), degraded from 50% (must never become
-        champion). Each waits for a pending canary to be judged (pushing in would supersede a learner version
-        the gate was about to promote) for at most 15% of the run, then goes on the canary cohort at once: left
-        to the gate's queue, a newer learner version would skip it."""
+        champion). Each waits for a pending canary's verdict (pushing in would supersede a learner version the
+        gate was about to promote) until its latest start (``injection_due``), then goes on the canary cohort at
+        once: left to the gate's queue, a newer learner version would skip it."""
         st = controller.state
         if not self.inject or st.champion == 0:
             return
         kind = next((k for k in ("corrupted", "degraded") if k not in self.injected), None)
-        start = {"corrupted": 0.25, "degraded": 0.5}.get(kind or "", 2.0) * duration
-        if kind is None or elapsed < start or (st.canary is not None and elapsed < start + 0.15 * duration):
+        if kind is None or not injection_due(kind, elapsed, duration, st.canary is not None,
+                                             self.cfg.rollout.canary_timeout_s):
             return
         if kind == "corrupted":
             m = weights.publish(weights.fetch(st.champion)[1], parent=st.champion, figures={"injected": 1.0})
