@@ -129,7 +129,7 @@ def demo(
     json_path: Annotated[Path | None, typer.Option("--json", help="write the summary here")] = None,
     demos: Annotated[int, typer.Option(help="scripted demonstrations per robot")] = 10,
     warm_steps: Annotated[int, typer.Option(help="warm-start training steps on the demonstrations")] = 200,
-    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per embodiment and version")] = 16,
+    eval_episodes: Annotated[int, typer.Option(help="held-out episodes per embodiment and version")] = 24,
     inject: Annotated[bool, typer.Option(help="inject a corrupted and a degraded version midway")] = True,
     config: ConfigOpt = None, set_: SetOpt = None,
 ) -> None:

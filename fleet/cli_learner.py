@@ -49,7 +49,8 @@ def delta_masks() -> dict[str, list[bool]]:
 
 def sim_eval(cfg: FleetConfig) -> Callable[[Any, int], dict[str, float]] | None:
     """The learner's rollout hook: every version's held-out success in simulation, per embodiment the fleet runs
-    (``sim/<embodiment>``, ``sim/fleet``), on ``sim_eval_episodes`` seeds from ``sim_eval_seed``. None when off."""
+    (``sim/<embodiment>``, ``sim/fleet``, and ``sim/episodes`` behind them), on ``sim_eval_episodes`` seeds from
+    ``sim_eval_seed``. None when off."""
     n = cfg.learner.sim_eval_episodes
     pairs = [(s.embodiment, s.task) for s in cfg.actors.robots]
     if n == 0 or not pairs:
@@ -58,10 +59,12 @@ def sim_eval(cfg: FleetConfig) -> Callable[[Any, int], dict[str, float]] | None:
     def run(policy: Any, step: int) -> dict[str, float]:
         from actors.evaluation import evaluate_fleet
         from actors.policy_client import InProcessPolicyClient
+        from fleet.rollout import SIM_EPISODES
 
         seeds = range(cfg.learner.sim_eval_seed, cfg.learner.sim_eval_seed + n)
         rates = evaluate_fleet(InProcessPolicyClient(policy), pairs, seeds, cfg.actors.image_size)
-        return {f"sim/{k}": v for k, v in rates.items()}
+        # the episode count makes the rollout's screen a test on counts, not a comparison of two noisy rates
+        return {**{f"sim/{k}": v for k, v in rates.items()}, SIM_EPISODES: float(n * len(dict.fromkeys(pairs)))}
 
     return run
 

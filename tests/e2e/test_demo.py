@@ -1,10 +1,15 @@
-"""The whole loop, end to end on CPU: `fleet demo` at small settings.
+"""The whole loop, end to end on CPU: `fleet demo` at its own size (what the README's newcomer runs).
 
 Scripted demonstrations -> warm start -> v1 champion -> a Franka, a YAM bimanual and an SO-101 actor on Ray with
 the learner -> versions hot-swapped into the running actors, a corrupted version (every actor refuses it), a
 degraded one (the rollout gate rolls it back, or it times out undecided and is rolled back), learner versions
-screened by their simulated held-out success -> held-out evaluation of the first and the last champion. Real
-redis-server, Ray, DeepSpeed, MuJoCo, MLflow and ZeroMQ; about seven minutes on two cores.
+screened by their simulated held-out success -> held-out evaluation of the first version, the last champion and
+the learner's last version on the same held-out scenes. Real redis-server, Ray, DeepSpeed, MuJoCo, MLflow and
+ZeroMQ; about fourteen minutes on two cores.
+
+Why the demo's size and not smaller: the learner's rise above v1 needs its ~700 fleet-phase steps. At three
+fleet minutes (warm start 300) the learner's last version was +1 and 0 episodes of 48 above v1, at six minutes 0
+of 72; at eight, over six runs, +8, +1, +8, +7, +4 of 48 (16 seeds) and (this size) see the closing notes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from rich.console import Console
 from fleet.config import FleetConfig
 from fleet.demo import run_demo
 
-MINUTES = 3.0  # fleet phase: the degraded canary (injected at 55%) needs ~5 episodes per embodiment after it
+MINUTES = 8.0  # `fleet demo`'s default: the learner's rise needs its ~700 fleet-phase steps (docstring)
 
 
 @pytest.fixture
@@ -34,24 +39,15 @@ def scoped_env() -> Iterator[None]:
     os.environ.update(saved)
 
 
-def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degraded_one(
+@pytest.mark.timeout(1800)
+def test_demo_swaps_versions_in_refuses_a_corrupted_one_rolls_back_a_degraded_one_and_rises(
     tmp_path: Path, scoped_env: None
 ) -> None:
     cfg = FleetConfig(data_dir=str(tmp_path))
-    cfg.rollout.canary_timeout_s = 45.0  # three fleet minutes: an undecided canary makes way for the next one
-    cfg.learner.sim_eval_episodes = 4  # per embodiment and version: the screen's figures, at a third of the cost
-    cfg.learner.publish_every_steps = 60  # three fleet minutes: a few learner versions, not one
     os.environ[cfg.weights.secret_env] = secrets.token_hex(32)
     view = io.StringIO()
-    summary = run_demo(
-        cfg,
-        MINUTES,
-        Console(file=view, width=160),
-        demos_per_robot=8,
-        warm_steps=300,  # actions only: ~0.35 s a step, the time 160 steps took with depth targets
-        eval_episodes=12,  # per embodiment: at ~10 % held-out success, 6 seeds saw no success 15 % of the time
-        inject=True,
-    )
+    # `fleet demo`'s defaults: 10 demonstrations a robot, 200 warm steps, 24 held-out seeds per embodiment
+    summary = run_demo(cfg, MINUTES, Console(file=view, width=160), inject=True)
     # what `fleet demo --json` writes, kept with pytest's temporary directories for a look after a failure
     (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     brief = json.dumps({k: v for k, v in summary.items() if k != "success_by_window"}, default=str)
@@ -80,16 +76,17 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_and_rolls_back_a_degrade
     # every version the learner published carries its simulated success, v1 (the warm start) too; a version held
     # back by the screen never ran on a robot
     sims = summary["sim_by_version"]
-    assert "v1" in sims and set(sims["v1"]) == {"franka", "yam_bimanual", "so101", "fleet"}, brief
+    assert "v1" in sims and set(sims["v1"]) == {"franka", "yam_bimanual", "so101", "fleet", "episodes"}, brief
     assert not {f"v{v}" for v in summary["versions_published"] if v not in summary["injected"].values()} - set(sims)
     assert not set(summary["held_back"]) & (set(summary["promoted"]) | set(summary["versions_published"])), brief
-    # the first champion learned something (held-out scenes, no supervisor), and the last is not worse than the
-    # first beyond the noise of this few seeds (two episodes); the rise itself is not reached at this size (note)
+    # the first champion learned something (held-out scenes, no supervisor); the learner's last version (made
+    # from the fleet's data, promoted or not) ran the same held-out scenes and succeeds more often than v1; the
+    # last champion is not worse than the first beyond the noise of these seeds (two episodes)
     heldout = summary["heldout"]
     episodes = 3 * heldout["seeds"]
-    # the learner's last version (made from the fleet's data, promoted or not) ran the same held-out scenes
     assert heldout["learner_version"] > heldout["first_version"], brief
     assert heldout["learner_version"] not in summary["injected"].values(), brief
     assert set(heldout["learner"]) == {"franka", "yam_bimanual", "so101", "fleet"}, brief
     assert max(heldout["first"][e] for e in ("franka", "yam_bimanual", "so101")) > 0, brief
+    assert heldout["learner"]["fleet"] > heldout["first"]["fleet"], brief
     assert heldout["last"]["fleet"] >= heldout["first"]["fleet"] - 2 / episodes, brief

@@ -192,6 +192,21 @@ def test_screen_holds_back_versions_below_the_champion_in_simulation(store: Repl
     assert ctl.screen(99, {}, {"sim/fleet": 1.0})  # no figure: nothing to screen by
 
 
+def test_the_screen_holds_back_only_what_its_counts_show_worse(store: ReplayStore, redis_server) -> None:
+    """On counts, the screen is the gate's rollback rule: 3/24 against the champion's 6/24 is noise (P(not worse)
+    ~0.28 with the 0.05 margin) and goes to the canary; 1/24 is worse (~0.07) and is held back."""
+    board = StatusBoard(redis_server.client())
+    ctl = RolloutController(store, board, RolloutConfig())
+    ctl.promote(1)
+    champion = {"sim/fleet": 6 / 24, "sim/episodes": 24.0}
+    assert ctl.screen(2, {"sim/fleet": 3 / 24, "sim/episodes": 24.0}, champion)
+    assert not ctl.screen(3, {"sim/fleet": 1 / 24, "sim/episodes": 24.0}, champion)
+    held = [e for e in board.version_events(10) if e.kind == "held_back"]
+    assert [e.version for e in held] == [3] and "P(not worse) 0.07" in held[0].detail
+    # the same rates without their counts compare as rates: 3/24 is below 6/24
+    assert not ctl.screen(4, {"sim/fleet": 3 / 24}, {"sim/fleet": 6 / 24})
+
+
 def test_canary_undecided_after_the_timeout_is_rolled_back(store: ReplayStore, redis_server) -> None:
     board = StatusBoard(redis_server.client())
     ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=10, canary_timeout_s=0.5))
