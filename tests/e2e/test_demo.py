@@ -5,11 +5,11 @@ the learner -> versions hot-swapped into the running actors, a corrupted version
 degraded one (the rollout gate rolls it back, or it times out undecided and is rolled back), learner versions
 screened by their simulated held-out success -> held-out evaluation of the first version, the last champion and
 the learner's last version on the same held-out scenes. Real redis-server, Ray, DeepSpeed, MuJoCo, MLflow and
-ZeroMQ; about fourteen minutes on two cores.
+ZeroMQ; about twelve minutes on two cores.
 
-Why the demo's size and not smaller: the learner's rise above v1 needs its ~700 fleet-phase steps. At three
-fleet minutes (warm start 300) the learner's last version was +1 and 0 episodes of 48 above v1, at six minutes 0
-of 72; at eight, over six runs, +8, +1, +8, +7, +4 of 48 (16 seeds) and (this size) see the closing notes.
+Why the demo's size and not smaller: the learner's rise above v1 needs its ~700 fleet-phase steps. At three fleet
+minutes (warm start 300) its last version was +1 and 0 episodes above v1 (of 48), at six minutes 0 (of 72); at
+eight, in seven runs: +8, +1, +8, +7, +4 of 48 (16 seeds) and +4, +5 of 72 (24 seeds, this test).
 """
 
 from __future__ import annotations
