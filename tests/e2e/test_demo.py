@@ -7,8 +7,8 @@ screened by their simulated held-out success -> held-out evaluation of the first
 the learner's last version on the same held-out scenes. Real redis-server, Ray, DeepSpeed, MuJoCo, MLflow and
 ZeroMQ; about twelve minutes on two cores.
 
-Why the demo's size and not smaller: the learner's rise above v1 needs its ~700 fleet-phase steps. At three fleet
-minutes (warm start 300) its last version was +1 and 0 episodes above v1 (of 48), at six minutes 0 (of 72); at
+Why the demo's size and not smaller: the learner's rise above v1 needs its ~700 fleet-phase steps. Its last
+version was +1 episode above v1 (of 48) at three fleet minutes, +2 at four (warm start 100), 0 of 72 at six; at
 eight, in seven runs: +8, +1, +8, +7, +4 of 48 (16 seeds) and +4, +5 of 72 (24 seeds, this test).
 """
 
