@@ -28,12 +28,23 @@ k is the number of comparisons a canary faces (judged outcomes x canary embodime
 back, so each gets 1/k of the error budget (Bonferroni), or a version as good as the champion would be rolled
 back most of the time by the noise of one of them (six comparisons at 0.2 each: ~70 %). Promotion needs every
 comparison to pass, which needs no correction.
+
+An embodiment still undecided after 4 x ``min_canary_episodes`` canary episodes has given what it will: the gate
+then waits for the others and judges the fleet as a whole (beta_binomial), P(mean over the canary's embodiments
+of p_canary >= mean of p_champion), each embodiment's own posteriors (stratified: pooled counts would weigh the
+embodiment that ran most and mix base rates). Promote at 0.5 or more (better on balance), else roll back.
+Judging each undecided embodiment alone rolled back a version that two embodiments had promoted (P 0.93, 0.97) on
+the third's coin flip (3/20 against 4/18, P 0.44): with one robot per embodiment nearly every canary has one
+such embodiment, and in three demo-size runs the champion never changed though the learner's versions did
+better held out. No margin here: where the evidence is this thin the champion keeps the benefit of the doubt
+(with the margin, a version at 3/64 autonomous against the champion's 4/50 was promoted, P 0.60, and did worse
+held out, 1/72 against 4/72).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import norm
@@ -44,14 +55,22 @@ from fleet.status import RolloutDecision, RolloutState, StatusBoard, VersionEven
 
 SIM_FIGURE = "sim/fleet"  # the manifest figure the screen compares (learner: sim_eval_episodes)
 SIM_EPISODES = "sim/episodes"  # how many simulated episodes that figure is the success rate of
+UNDECIDED = "undecided"  # an embodiment's verdict after 4 x min_canary_episodes with no clear one (module docstring)
 
 
 def prob_not_worse(s_c: int, n_c: int, s_h: int, n_h: int, margin: float, draws: int = 40_000) -> float:
     """P(p_canary >= p_champion - margin) under uniform-prior Beta posteriors."""
+    return prob_mean_not_worse([(s_c, n_c, s_h, n_h)], margin, draws)
+
+
+def prob_mean_not_worse(strata: Sequence[tuple[int, int, int, int]], margin: float, draws: int = 40_000) -> float:
+    """P(mean over strata of p_canary - p_champion >= -margin), each stratum's (canary wins, episodes, champion
+    wins, episodes) with its own uniform-prior Beta posteriors."""
+    s_c, n_c, s_h, n_h = (np.array(col, dtype=float) for col in zip(*strata, strict=True))
     rng = np.random.default_rng(12345)  # fixed: the same counts always give the same decision
-    pc = rng.beta(1 + s_c, 1 + n_c - s_c, draws)
-    ph = rng.beta(1 + s_h, 1 + n_h - s_h, draws)
-    return float(np.mean(pc >= ph - margin))
+    pc = rng.beta(1 + s_c, 1 + n_c - s_c, (draws, len(s_c)))
+    ph = rng.beta(1 + s_h, 1 + n_h - s_h, (draws, len(s_h)))
+    return float(np.mean((pc - ph).mean(axis=1) >= -margin))
 
 
 def z_not_worse(s_c: int, n_c: int, s_h: int, n_h: int, margin: float) -> float:
@@ -149,7 +168,8 @@ class RolloutController:
         counts = self._counts(st)
         k = len(self.cfg.judge) * max(1, len(st.canary_embodiments))  # comparisons the canary faces
         for emb in sorted(counts[self.cfg.judge[0]]):
-            if emb in st.verdicts or counts[self.cfg.judge[0]][emb]["canary"][1] < self.cfg.min_canary_episodes:
+            if st.verdicts.get(emb, UNDECIDED) != UNDECIDED \
+                    or counts[self.cfg.judge[0]][emb]["canary"][1] < self.cfg.min_canary_episodes:
                 continue
             # every judged outcome must be not worse to promote; any one worse rolls back (the one reported)
             judged = [(m, *self._decide(counts[m][emb], k)) for m in self.cfg.judge]
@@ -163,9 +183,16 @@ class RolloutController:
             decisions.append(d)
             if decision != "wait":
                 st.verdicts[emb] = decision
+            elif n_c >= 4 * self.cfg.min_canary_episodes and self.cfg.test == "beta_binomial":
+                st.verdicts[emb] = UNDECIDED  # its share of the evidence is in: the fleet-wide judgement decides
         if any(v == "rollback" for v in st.verdicts.values()):
             return [*decisions, self._finish(st, promote=False)]
         if st.verdicts and set(st.verdicts) >= set(st.canary_embodiments):
+            if UNDECIDED in st.verdicts.values():
+                fleet = self._judge_fleet(st, counts)
+                decisions.append(fleet)
+                st.verdicts["fleet"] = fleet.decision
+                return [*decisions, self._finish(st, promote=fleet.decision == "promote")]
             return [*decisions, self._finish(st, promote=True)]
         if time.time() - st.canary_since > self.cfg.canary_timeout_s:
             st.verdicts["*"] = "timeout"
@@ -185,9 +212,26 @@ class RolloutController:
         else:
             stat = z_not_worse(s_c, n_c, s_h, n_h, self.cfg.margin)
             decision = "rollback" if stat < -norm.ppf(1 - self.cfg.alpha / comparisons) else "promote"
-        if decision == "wait" and n_c >= 4 * self.cfg.min_canary_episodes:
-            decision = "promote" if stat >= 0.5 else "rollback"  # enough evidence either way: don't stall
         return decision, stat
+
+    def _judge_fleet(self, st: RolloutState, counts: dict[str, dict[str, dict[str, list[int]]]]) -> RolloutDecision:
+        """The fleet-wide verdict once every canary embodiment has promoted or is undecided with its episodes in:
+        for each judged outcome, P(the canary's mean success over embodiments is at least the champion's), see
+        the module docstring; the lowest one is reported (summed counts for display)."""
+        judged = []
+        for metric in self.cfg.judge:
+            per_emb = [counts[metric][e] for e in st.canary_embodiments if e in counts[metric]]
+            strata = [(*c["canary"], *c["champion"]) for c in per_emb]
+            judged.append((prob_mean_not_worse(strata, 0.0), metric, strata))
+        stat, metric, strata = min(judged, key=lambda j: j[0])
+        d = RolloutDecision(version=st.canary or 0, champion=st.champion, embodiment="fleet",
+                            decision="promote" if stat >= 0.5 else "rollback",
+                            canary_successes=sum(x[0] for x in strata), canary_episodes=sum(x[1] for x in strata),
+                            champion_successes=sum(x[2] for x in strata),
+                            champion_episodes=sum(x[3] for x in strata),
+                            statistic=stat, test=f"{self.cfg.test}:{metric}:mean over embodiments")
+        self.board.rollout_decision(d)
+        return d
 
     def refused_by(self, st: RolloutState) -> set[str]:
         """Canary robots that reported refusing the canary version since it started."""

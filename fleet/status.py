@@ -83,7 +83,8 @@ class RolloutState(BaseModel):
     canary_robots: list[str] = Field(default_factory=list)  # the canary cohort (some robots of each embodiment)
     canary_embodiments: list[str] = Field(default_factory=list)  # each must give a verdict before promotion
     canary_since: float = 0.0  # when the canary started: the comparison period
-    verdicts: dict[str, str] = Field(default_factory=dict)  # embodiment -> promote | rollback (so far)
+    verdicts: dict[str, str] = Field(default_factory=dict)  # embodiment -> promote | rollback | undecided (so far);
+    # "fleet": the fleet-wide judgement of the undecided (fleet/rollout.py)
 
     def target_version(self, robot_id: str) -> int:
         return self.canary if self.canary is not None and robot_id in self.canary_robots else self.champion

@@ -219,3 +219,38 @@ def test_canary_undecided_after_the_timeout_is_rolled_back(store: ReplayStore, r
     assert (done.decision, ctl.state.canary, ctl.state.champion) == ("rollback", None, 1)
     (event,) = [e for e in board.version_events(10) if e.kind == "rolled_back"]
     assert event.version == 2 and "*:timeout" in event.detail
+
+
+def test_undecided_embodiments_are_judged_with_the_fleet(store: ReplayStore, redis_server) -> None:
+    """An embodiment undecided after 4 x min_canary_episodes does not roll the canary back on its own coin flip:
+    the fleet's mean over embodiments decides (a demo's v6: promoted on two embodiments, 3/20 against 4/18 on the
+    third). A canary a little worse everywhere is still rolled back by that judgement."""
+    board = StatusBoard(redis_server.client())
+    three = {"franka": ["franka-01"], "so101": ["so101-01"], "yam_bimanual": ["yam-01"]}
+    for i, (emb, robot, wins, losses) in enumerate([("franka", "franka-01", 4, 14), ("so101", "so101-01", 1, 16),
+                                                    ("yam_bimanual", "yam-01", 4, 15)]):
+        _feed(store, 1, emb, robot, wins, losses, 100 * i)  # the champion's records
+    ctl = RolloutController(store, board, RolloutConfig(min_canary_episodes=5))
+    ctl.promote(1)
+    ctl.start_canary(2, three)
+    _feed(store, 2, "franka", "franka-01", 3, 17, 1000)
+    _feed(store, 2, "so101", "so101-01", 2, 3, 1100)
+    _feed(store, 2, "yam_bimanual", "yam-01", 4, 1, 1200)
+    decisions = ctl.evaluate()
+    by_emb = {d.embodiment: d for d in decisions}
+    assert by_emb["franka"].decision == "wait" and by_emb["franka"].statistic < 0.5, by_emb["franka"]
+    assert by_emb["so101"].decision == by_emb["yam_bimanual"].decision == "promote", decisions
+    assert by_emb["fleet"].decision == "promote" and by_emb["fleet"].canary_episodes == 30, by_emb["fleet"]
+    assert ctl.state.champion == 2
+    (event,) = [e for e in board.version_events(20) if e.kind == "promoted" and e.version == 2]
+    assert "franka:undecided" in event.detail and "fleet:promote" in event.detail
+
+    ctl.start_canary(3, {e: r for e, r in three.items() if e != "yam_bimanual"})
+    _feed(store, 3, "franka", "franka-01", 1, 19, 2000)  # v2 on franka: 3/20; v3 a little worse on both
+    _feed(store, 3, "so101", "so101-01", 2, 18, 2100)  # v2 on so101: 2/5
+    decisions = ctl.evaluate()
+    assert [(d.embodiment, d.decision) for d in decisions if d.embodiment != "*"] == [
+        ("franka", "wait"), ("so101", "wait"), ("fleet", "rollback")], decisions
+    # neither embodiment alone is clearly worse (above the shared threshold 0.2 / 4); their mean is below 0.5
+    assert all(d.statistic > 0.2 / 4 for d in decisions[:2]) and decisions[-2].statistic < 0.5, decisions
+    assert ctl.state.champion == 2 and ctl.state.canary is None
