@@ -183,7 +183,7 @@ class RolloutController:
             decisions.append(d)
             if decision != "wait":
                 st.verdicts[emb] = decision
-            elif n_c >= 4 * self.cfg.min_canary_episodes and self.cfg.test == "beta_binomial":
+            elif n_c >= 4 * self.cfg.min_canary_episodes:  # only beta_binomial waits (one_sided_z always decides)
                 st.verdicts[emb] = UNDECIDED  # its share of the evidence is in: the fleet-wide judgement decides
         if any(v == "rollback" for v in st.verdicts.values()):
             return [*decisions, self._finish(st, promote=False)]
