@@ -143,10 +143,10 @@ def demo(
     text = json.dumps(summary, indent=2)
     if json_path:
         json_path.write_text(text)
-    h = summary["heldout"]
-    console.print(f"held-out success: v{h['first_version']} {h['first']['fleet']:.0%} -> champion "
-                  f"v{h['last_version']} {h['last']['fleet']:.0%} (learner's last v{h['learner_version']} "
-                  f"{h['learner']['fleet']:.0%}); promoted {summary['promoted']}, rolled back "
+    h, n = summary["heldout"], summary["heldout"]["episodes"]
+    console.print(f"held-out success: v{h['first_version']} {h['successes']['first']}/{n} -> champion "
+                  f"v{h['last_version']} {h['successes']['last']}/{n} (learner's last v{h['learner_version']} "
+                  f"{h['successes']['learner']}/{n}); promoted {summary['promoted']}, rolled back "
                   f"{summary['rolled_back']}, held back in simulation {summary['held_back']}; "
                   f"episodes lost: {summary['episodes']['lost']}")
     if json_path:
