@@ -8,11 +8,12 @@ the learner's last version on the same held-out scenes. Real redis-server, Ray, 
 ZeroMQ; about twelve minutes on two cores.
 
 Why the demo's size and not smaller: the learner's rise above v1 needs its ~700 fleet-phase steps. Its last
-version was +1 episode above v1 (of 48) at three fleet minutes, +2 at four (warm start 100), 0 of 72 at six; at
-eight, in fourteen runs: +8, +1, +8, +7, +4 of 48 (16 seeds), +4, +5, +6, +13, 0, -5, 0, +3 of 72 (24 seeds,
-this test) and +8 in a `make demo`. With the fleet-wide judgement the gate promoted a learner version in four of
-five runs (+1, +5, +2, +12 of 72); in the fifth, v1 was weak (4/72) and neither the learner's newest version nor
-any canary did better (4/72, champion v1): hence "at least as well", on the better of the two, below.
+version was +1 episode above v1 (of 48) at three fleet minutes, +2 at four (warm start 100), 0 of 72 at six.
+Why no strict rise: at eight, over ten runs (`bench/rise.py`, this test in CI, `make demo`) the learner's newest
+version rose above v1 in 6, was level in 2, fell in 2; the last champion rose in 5, was level in 4, fell in 1
+(pooled 115 and 111 held-out successes to v1's 89 of 720; sign test p 0.14 and 0.11). One run at sixteen
+minutes did no better (v1 14/72, champion 15, learner 10). A strict check would fail CI in about one run in
+five; the better of the two at least v1's count failed in none of the ten.
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ def test_demo_swaps_versions_in_refuses_a_corrupted_one_rolls_back_a_degraded_on
     # the first champion learned something (held-out scenes, no supervisor). What the fleet made of its own data
     # ran the same held-out scenes and does at least as well as v1: the champion it ends on or the learner's
     # newest version (promoted or not; the gate judges on a few dozen live episodes), counted in episodes (the
-    # summary's `successes`, which agree with the per-embodiment rates). Not a strict rise: one run
-    # at this size rose in 11 of 14 (learner) and was level or below in the rest (module docstring), so a strict
-    # check fails CI by chance; the rise is the summary's `improved` / `learner_improved`, measured over runs.
+    # summary's `successes`, which agree with the per-embodiment rates). Not a strict rise: the better
+    # of the two rose in 8 of 10 runs at this size and was level in the rest (module docstring), so a strict
+    # check fails CI by chance; the rise is the summary's `improved` / `learner_improved`, tested over runs by
+    # bench/rise.py.
     # The last champion is not worse than the first beyond the noise of these seeds: P(p_last >= p_first) above
     # 5 %, the gate's Beta posteriors
     heldout = summary["heldout"]
