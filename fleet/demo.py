@@ -401,6 +401,8 @@ class DemoRun:
             "injected": self.injected,
             "rejected_by_actors": {k: v.get("rejected", []) for k, v in final.items() if k in robots},
             "swaps": {k: v.get("swaps", 0) for k, v in final.items() if k in robots},
+            # robot processes Ray brought back after a crash (their spools re-sent what they held; counts go on)
+            "restarts": {k: v.get("restarts", 0) for k, v in final.items() if k in robots},
             "heldout": heldout,
             # the champion the fleet runs now, and the learner's newest version, above v1 on the held-out episodes
             "improved": heldout["successes"]["last"] > heldout["successes"]["first"],

@@ -1,10 +1,10 @@
 """Fleet orchestration on Ray: the replay store, the learner and one process per robot as Ray actors.
 
 The same code runs on a laptop (local Ray, started here) and on a cluster (``ray_address: ray://head:10001``,
-e.g. KubeRay). Each robot is a Ray actor with ``max_restarts=-1``: a crashed robot process is restarted by Ray
-and its spool re-sends whatever it had not delivered. A hardware robot's actor carries a custom resource
-(``host_resource``) that only its robot's machine offers, so it lands there. The learner asks for a GPU when
-the cluster has one. The rollout gate runs in the driver: it puts every new version on a canary cohort and
+e.g. KubeRay). Each robot is a Ray actor with ``max_restarts=-1``: a crashed robot process is restarted by Ray,
+its spool re-sends whatever it had not delivered and its counts go on (`EpisodeTally`). A hardware robot's
+actor carries a custom resource (``host_resource``) that only its robot's machine offers, so it lands there. The
+learner asks for a GPU when the cluster has one. The rollout gate runs in the driver: it puts every new version on a canary cohort and
 promotes or rolls it back.
 
 This module and fleet/cli*.py are the composition root: the only fleet modules that import actors/ and learner/.
@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 import redis
+from pydantic import BaseModel, ValidationError
 
 from fleet.config import ActorSpec, FleetConfig
 from fleet.redis_server import EmbeddedRedis, redis_for
@@ -31,6 +32,28 @@ from fleet.status import StatusBoard
 from fleet.weights import WeightStore
 
 log = logging.getLogger(__name__)
+
+
+class EpisodeTally(BaseModel):
+    """What a robot's actor has recorded in this fleet run, kept beside its spool so that it survives the process:
+    Ray restarts a crashed actor with fresh memory, and counts that began again at 0 would make the episodes it
+    sent before the crash look like episodes the store invented."""
+
+    episodes: int = 0
+    successes: int = 0
+    restarts: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> EpisodeTally:
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (FileNotFoundError, ValidationError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(self.model_dump_json())
+        os.replace(tmp, path)  # whole or not at all: a crash mid-write keeps the previous tally
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -44,11 +67,17 @@ class ActorHost:
         self.spec = ActorSpec.model_validate(spec)
         self.policy = policy
         self.endpoint = weights_endpoint
-        self.seed = seed
         self.actor = None
         self.follower = None
-        self.episodes = 0
-        self.successes = 0
+        self.tally_path = self.cfg.path(self.cfg.spool.dir) / self.spec.robot_id / "tally.json"
+        self.tally_path.parent.mkdir(parents=True, exist_ok=True)
+        if ray.get_runtime_context().was_current_actor_reconstructed:  # a restart after a crash: count on
+            self.tally = EpisodeTally.load(self.tally_path)
+            self.tally.restarts += 1
+        else:
+            self.tally = EpisodeTally()
+        self.tally.save(self.tally_path)
+        self.seed = seed + self.tally.episodes  # a restart goes on to new scenes, not the first ones again
         self.error = ""
         self.thread = threading.Thread(target=self._run, name=self.spec.robot_id, daemon=True)
         self.thread.start()
@@ -69,9 +98,10 @@ class ActorHost:
             sub = WeightSubscriber(self.endpoint, poll_s=self.cfg.weights.poll_s, curve=keys, secret=secret)
             self.follower = WeightFollower(actor, store, StatusBoard(client, self.cfg.replay.prefix), sub).start()
 
-    def _on_episode(self, result: Any) -> None:
-        self.episodes += 1
-        self.successes += int(result.success)
+    def _on_episode(self, result: Any) -> None:  # called once the episode is in the spool
+        self.tally.episodes += 1
+        self.tally.successes += int(result.success)
+        self.tally.save(self.tally_path)
 
     def _run(self) -> None:
         from fleet.cli_actor import run_actor
@@ -85,8 +115,9 @@ class ActorHost:
 
     def status(self) -> dict[str, Any]:
         a = self.actor
-        return {"robot_id": self.spec.robot_id, "alive": self.thread.is_alive(), "episodes": self.episodes,
-                "successes": self.successes, "version": a.policy_version if a is not None else None,
+        return {"robot_id": self.spec.robot_id, "alive": self.thread.is_alive(), "pid": os.getpid(),
+                "episodes": self.tally.episodes, "successes": self.tally.successes, "restarts": self.tally.restarts,
+                "version": a.policy_version if a is not None else None,
                 "swaps": self.follower.swaps if self.follower else 0,
                 "rejected": sorted(self.follower.rejected) if self.follower else [], "error": self.error}
 
