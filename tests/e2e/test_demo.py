@@ -12,8 +12,9 @@ version was +1 episode above v1 (of 48) at three fleet minutes, +2 at four (warm
 Why no strict rise: at eight, over ten runs (`bench/rise.py`, this test in CI, `make demo`) the learner's newest
 version rose above v1 in 6, was level in 2, fell in 2; the last champion rose in 5, was level in 4, fell in 1
 (pooled 115 and 111 held-out successes to v1's 89 of 720; sign test p 0.14 and 0.11). Two runs at sixteen
-minutes did no better on the whole (v1 14 and 12 of 72; champion 15 and 17; learner 10 and 17). A strict check would fail CI in about one run in
-five; the better of the two at least v1's count failed in none of the ten.
+minutes did no better on the whole (v1 14 and 12 of 72; champion 15 and 17; learner 10 and 17). A strict
+check would fail CI in about one run in five; the better of the two at least v1's count failed in none of the
+ten.
 """
 
 from __future__ import annotations
