@@ -190,6 +190,7 @@ class Orchestrator:
         self.handles = FleetHandles()
         self.redis: EmbeddedRedis | None = None
         self._redis_ctx: Any = None
+        self._saved_env: dict[str, str | None] = {}  # what up() exported for the workers, as it was before
         self.client: Any = None
         self.started_ray = False
         self.last_canaried = 0
@@ -212,6 +213,7 @@ class Orchestrator:
         self.client, self.redis = self._redis_ctx.__enter__()
         if self.redis is not None:  # everyone else connects to the server this driver started
             self.cfg.redis.url = self.redis.url
+            self._saved_env[self.cfg.redis.password_env] = os.environ.get(self.cfg.redis.password_env)
             os.environ[self.cfg.redis.password_env] = self.redis.password
         env = {k: os.environ[k] for k in (self.cfg.redis.password_env, self.cfg.weights.secret_env, "MUJOCO_GL",
                                           "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE")
@@ -255,6 +257,14 @@ class Orchestrator:
         if self._redis_ctx is not None:
             self._redis_ctx.__exit__(None, None, None)
             self._redis_ctx = None
+        # the password of a server that is gone must not outlive it in the caller's environment (the next
+        # fleet in this process, or another user of the variable, would authenticate with it)
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._saved_env.clear()
         return final
 
     # ------------------------------------------------------------------------------------------ supervision

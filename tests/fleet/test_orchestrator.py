@@ -38,6 +38,7 @@ def test_a_killed_robot_process_is_restarted_and_counts_on_with_nothing_lost(tmp
     cfg = FleetConfig(data_dir=str(tmp_path))
     cfg.actors.robots = [ActorSpec(robot_id=ROBOT, embodiment="so101", task="reach")]
     cfg.actors.time_scale = 4.0  # a scripted arm needs no real-time pacing: episodes come faster
+    password_before = os.environ.get(cfg.redis.password_env)
     with Orchestrator(cfg, policy="scripted", learner=False) as orch:
         before = wait_for(orch, lambda s: s["episodes"] >= 2, 180)
         os.kill(before["pid"], signal.SIGKILL)
@@ -48,3 +49,4 @@ def test_a_killed_robot_process_is_restarted_and_counts_on_with_nothing_lost(tmp
                      if r["robot"] == ROBOT)
     assert final["restarts"] == 1 and final["episodes"] >= after["episodes"], final
     assert stored == final["episodes"], (stored, final)
+    assert os.environ.get(cfg.redis.password_env) == password_before  # the embedded server's went with it
