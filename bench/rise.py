@@ -55,9 +55,10 @@ def successes(heldout: dict) -> tuple[dict[str, int], int]:
     they carried ``successes`` have per-embodiment rates on ``seeds`` seeds: the same counts, exactly."""
     if "successes" in heldout:
         return heldout["successes"], heldout["episodes"]
+    from fleet.demo import heldout_successes
+
     n = heldout["seeds"]
-    counts = {k: sum(round(r * n) for e, r in heldout[k].items() if e != "fleet") for k in ("first", *COMPARED)}
-    return counts, n * (len(heldout["first"]) - 1)
+    return {k: heldout_successes(heldout[k], n) for k in ("first", *COMPARED)}, n * (len(heldout["first"]) - 1)
 
 
 def row(name: str, s: dict) -> dict:

@@ -114,6 +114,12 @@ def degrade(payload: bytes, scale: float = 3.0, seed: int = 0) -> bytes:
                     if v.dtype.kind == "f" and v.size > 1 else v for k, v in tensors.items()}, metadata=meta)
 
 
+def heldout_successes(rates: dict[str, float], seeds: int) -> int:
+    """Successes behind `evaluate_fleet`'s per-embodiment rates on ``seeds`` seeds each (exact: each rate is a
+    count over ``seeds``), summed over the embodiments; the ``fleet`` mean is not a count."""
+    return sum(round(r * seeds) for k, r in rates.items() if k != "fleet")
+
+
 def injection_due(kind: str, elapsed: float, duration: float, canary_pending: bool, canary_timeout_s: float) -> bool:
     """Whether the demo's ``kind`` (corrupted | degraded) version goes on the canary cohort now: the corrupted
     one from 25 % of the run, the degraded one from 50 %; each waits for a pending canary's verdict until its
@@ -343,7 +349,7 @@ class DemoRun:
             rates = {v: self.evaluate(weights, v) for v in sorted({first, champion, learned})}
             # the comparisons are on episode counts: "fleet" is a mean of per-embodiment rates, and two equal
             # counts once compared unequal in its last bit (14/72 "above" 14/72)
-            wins = {v: sum(round(r * self.eval_episodes) for k, r in rates[v].items() if k != "fleet") for v in rates}
+            wins = {v: heldout_successes(rates[v], self.eval_episodes) for v in rates}
             heldout = {"first_version": first, "last_version": champion, "learner_version": learned,
                        "seeds": self.eval_episodes, "episodes": self.eval_episodes * (len(rates[first]) - 1),
                        "first": rates[first], "last": rates[champion], "learner": rates[learned],

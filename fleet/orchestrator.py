@@ -4,8 +4,8 @@ The same code runs on a laptop (local Ray, started here) and on a cluster (``ray
 e.g. KubeRay). Each robot is a Ray actor with ``max_restarts=-1``: a crashed robot process is restarted by Ray,
 its spool re-sends whatever it had not delivered and its counts go on (`EpisodeTally`). A hardware robot's
 actor carries a custom resource (``host_resource``) that only its robot's machine offers, so it lands there. The
-learner asks for a GPU when the cluster has one. The rollout gate runs in the driver: it puts every new version on a canary cohort and
-promotes or rolls it back.
+learner asks for a GPU when the cluster has one. The rollout gate runs in the driver: it puts every new version
+on a canary cohort and promotes or rolls it back.
 
 This module and fleet/cli*.py are the composition root: the only fleet modules that import actors/ and learner/.
 """
@@ -51,9 +51,9 @@ class EpisodeTally(BaseModel):
             return cls()
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(self.model_dump_json())
-        os.replace(tmp, path)  # whole or not at all: a crash mid-write keeps the previous tally
+        from learner.publish import write_atomic
+
+        write_atomic(path, self.model_dump_json().encode())  # a crash mid-write keeps the previous tally
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
